@@ -1,0 +1,5 @@
+import sys
+
+from transcribed.cli import main
+
+sys.exit(main())

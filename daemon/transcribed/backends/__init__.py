@@ -1,0 +1,87 @@
+"""Transcription engines behind one small protocol.
+
+The pool hands a backend a :class:`Job` and a :class:`Checkpoints` sink; the backend returns a
+:class:`Result` or raises one of :mod:`transcribed.errors`. A remote backend reports each remote
+step through ``Checkpoints`` before starting the next, so a restart resumes instead of repeating
+it. A backend never touches the journal or the folders itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a backend needs to know about one source file (a snapshot of its journal row)."""
+
+    id: int
+    path: Path
+    rel_path: str
+    size: int
+    sha256: str | None = None
+    upload_url: str | None = None
+    transcript_id: str | None = None
+    submit_started_at: float | None = None
+    submitted_at: float | None = None
+    attempts: int = 0
+
+
+class Checkpoints(Protocol):
+    """Where a backend records remote progress. Each call is durable when it returns."""
+
+    def uploaded(self, upload_url: str) -> None: ...
+
+    def submitting(self) -> None: ...
+
+    def submitted(self, transcript_id: str) -> None: ...
+
+    def upload_lost(self) -> None: ...
+
+    def phase(self, name: str) -> None:
+        """Say what the job is doing now (``uploading``, ``polling``, ...), for shutdown and
+        progress; not durable."""
+
+
+@dataclass
+class Result:
+    """A finished transcript in AssemblyAI's transcript shape, plus rendered subtitles."""
+
+    transcript: dict[str, Any]
+    subtitles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return str(self.transcript.get("text") or "")
+
+    @property
+    def transcript_id(self) -> str | None:
+        value = self.transcript.get("id")
+        return str(value) if value is not None else None
+
+    @property
+    def audio_duration_s(self) -> float | None:
+        value = self.transcript.get("audio_duration")
+        return float(value) if isinstance(value, int | float) else None
+
+
+class Backend(Protocol):
+    """One transcription engine."""
+
+    name: str
+    #: How many jobs the pool may run at once with this backend.
+    max_concurrency: int
+
+    async def start(self) -> None:
+        """Acquire resources and check usability (key accepted, model loaded).
+
+        Raises ``AuthError`` or ``ConfigError`` when the backend cannot be used at all.
+        """
+
+    async def close(self) -> None:
+        """Release resources; safe to call after a failed ``start``."""
+
+    async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
+        """Turn one file into a transcript, resuming from the job's recorded progress."""

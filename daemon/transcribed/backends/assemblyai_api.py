@@ -1,0 +1,292 @@
+"""A small client for AssemblyAI's v2 REST API around one shared ``aiohttp.ClientSession``.
+
+This is the only place that sees ``aiohttp`` exceptions: they are translated into
+:mod:`transcribed.errors` here. Every request shares one rate limiter (the account's request
+budget) and one "slow down" deadline that a 429 pushes out for everybody, and transient
+failures are retried with jittered exponential backoff that honours ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles
+import aiohttp
+from aiofiles.threadpool.binary import AsyncBufferedReader
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+
+from transcribed.config import AssemblyAISettings
+from transcribed.errors import AuthError, PermanentError, TransientError, UploadExpiredError
+from transcribed.logs import get_logger
+from transcribed.metrics import Metrics
+
+log = get_logger("transcribed.api")
+T = TypeVar("T")
+CHUNK_BYTES = 1 << 20
+#: The slowest upload we wait for before calling a connection stalled.
+MIN_UPLOAD_BYTES_PER_S = 128 * 1024
+USER_AGENT = "transcribed/0.1 (+aiohttp)"
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class AssemblyAIClient:
+    """Typed calls to the API; open with ``async with``."""
+
+    def __init__(self, settings: AssemblyAISettings, metrics: Metrics | None = None) -> None:
+        if settings.api_key is None:
+            raise AuthError("no AssemblyAI API key is configured")
+        self._settings = settings
+        self._key = settings.api_key.get_secret_value()
+        self._metrics = metrics or Metrics()
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter = AsyncLimiter(settings.requests_per_s, 1.0)
+        self._pause_until = 0.0
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> AssemblyAIClient:
+        s = self._settings
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": self._key, "User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(
+                total=s.connect_timeout_s + s.read_timeout_s,
+                sock_connect=s.connect_timeout_s,
+                sock_read=s.read_timeout_s,
+            ),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("client is not open")
+        return self._session
+
+    # -- the request budget ------------------------------------------------------------------
+    async def _admit(self) -> None:
+        while (delay := self._pause_until - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline other requests may push out, not an event
+            await asyncio.sleep(delay)
+        await self._limiter.acquire()
+        self.requests_sent += 1
+
+    def slow_down(self, seconds: float) -> None:
+        """Hold every request until ``seconds`` from now (after a 429)."""
+        self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    # -- one attempt -----------------------------------------------------------------------
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        expect: str = "json",
+        timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - passed to aiohttp per request
+        **kwargs: Any,
+    ) -> Any:
+        await self._admit()
+        url = f"{self._settings.base_url}{path}"
+        status = "error"
+        try:
+            async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
+                status = str(response.status)
+                body = await response.read()
+                return self._interpret(response.status, response.headers, body, expect)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = "timeout" if isinstance(exc, TimeoutError) else "network"
+            raise TransientError(f"{method} {endpoint}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.api_requests.labels(endpoint=endpoint, status=status).inc()
+
+    def _interpret(self, status: int, headers: Any, body: bytes, expect: str) -> Any:
+        if 200 <= status < 300:
+            if expect == "text":
+                return body.decode("utf-8", errors="replace")
+            try:
+                return json.loads(body)
+            except ValueError as exc:
+                raise TransientError("the API answered with a body that is not JSON") from exc
+        message = _error_message(body) or f"HTTP {status}"
+        if status == 401:
+            raise AuthError(f"the API rejected the key (401): {message}")
+        if status == 429:
+            retry_after = _retry_after(headers)
+            self.slow_down(retry_after if retry_after is not None else 5.0)
+            raise TransientError(f"429: {message}", status=status, retry_after_s=retry_after)
+        if status == 408 or status >= 500:
+            raise TransientError(
+                f"{status}: {message}", status=status, retry_after_s=_retry_after(headers)
+            )
+        if status == 403 and "uploaded file" in message.lower():
+            raise UploadExpiredError(message)
+        raise PermanentError(f"{status}: {message}", status=status)
+
+    # -- retries ---------------------------------------------------------------------------
+    async def _retrying(self, endpoint: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        cap = self._settings.retry_max_backoff_s
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientError) and exc.retry_after_s is not None:
+                return min(cap, exc.retry_after_s) + random.uniform(0, 0.5)
+            backoff = min(cap, 0.5 * 2 ** (state.attempt_number - 1))
+            return random.uniform(backoff / 2, backoff)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._metrics.api_retries.labels(endpoint=endpoint).inc()
+            log.warning(
+                "request_retried",
+                endpoint=endpoint,
+                attempt=state.attempt_number,
+                error=str(exc),
+                wait_s=round(state.upcoming_sleep, 2),
+            )
+
+        async for attempt_state in AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait,
+            stop=stop_never,
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt_state:
+                return await attempt()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call(self, method: str, path: str, endpoint: str, **kwargs: Any) -> Any:
+        return await self._retrying(endpoint, lambda: self._once(method, path, endpoint, **kwargs))
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def check_key(self) -> None:
+        """One cheap authenticated request; raises ``AuthError`` for a rejected key."""
+        await self._call("GET", "/v2/transcript", "list", params={"limit": "1"})
+
+    async def upload(self, path: Path, size: int, on_bytes: Callable[[int], None]) -> str:
+        """Stream a file to ``/v2/upload`` in 1 MiB chunks; returns the ``upload_url``."""
+
+        async def attempt() -> str:
+            timeout = aiohttp.ClientTimeout(
+                total=self._settings.connect_timeout_s
+                + self._settings.read_timeout_s
+                + size / MIN_UPLOAD_BYTES_PER_S,
+                sock_connect=self._settings.connect_timeout_s,
+            )
+            # The file belongs to this task, not to the body generator that aiohttp drives
+            # from its own writer task, so it is closed however the request ends.
+            # O_NOFOLLOW: a file swapped for a symlink after it was checked is refused.
+            async with aiofiles.open(path, "rb", opener=_open_nofollow) as handle:
+                answer = await self._once(
+                    "POST",
+                    "/v2/upload",
+                    "upload",
+                    data=_read_chunks(handle, size, on_bytes),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(size),
+                    },
+                    timeout=timeout,
+                )
+            url = answer.get("upload_url") if isinstance(answer, dict) else None
+            if not isinstance(url, str):
+                raise TransientError("upload answer has no upload_url")
+            return url
+
+        return await self._retrying("upload", attempt)
+
+    async def submit(self, params: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("POST", "/v2/transcript", "submit", json=params)
+        if not isinstance(answer.get("id"), str):
+            raise TransientError("submit answer has no transcript id")
+        return answer
+
+    async def get(self, transcript_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("GET", f"/v2/transcript/{transcript_id}", "poll")
+        return answer
+
+    async def captions(self, transcript_id: str, fmt: str, chars_per_caption: int | None) -> str:
+        params = {"chars_per_caption": str(chars_per_caption)} if chars_per_caption else None
+        text: str = await self._call(
+            "GET", f"/v2/transcript/{transcript_id}/{fmt}", fmt, params=params, expect="text"
+        )
+        return text
+
+    async def list_transcripts(self, **params: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("GET", "/v2/transcript", "list", params=params)
+        return answer
+
+    async def find_by_audio_url(self, audio_url: str, since: float) -> str | None:
+        """The id of a transcript created for ``audio_url`` (newest first, back to ``since``)."""
+        before: str | None = None
+        for _ in range(10):
+            params = {"limit": "200"} | ({"before_id": before} if before else {})
+            page = await self.list_transcripts(**params)
+            items = page.get("transcripts") or []
+            for item in items:
+                if item.get("audio_url") == audio_url:
+                    return str(item["id"])
+            if not items or _created_epoch(items[-1].get("created")) < since - 300:
+                return None
+            before = str(items[-1]["id"])
+        return None
+
+
+async def _read_chunks(
+    handle: AsyncBufferedReader, size: int, on_bytes: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of an open file, in chunks (the length the request announced)."""
+    left = size
+    while left > 0 and (chunk := await handle.read(min(CHUNK_BYTES, left))):
+        left -= len(chunk)
+        on_bytes(len(chunk))
+        yield chunk
+    if left:
+        raise TransientError("the file shrank while it was being uploaded")
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", errors="replace").strip()
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return ""
+
+
+def _created_epoch(value: Any) -> float:
+    if not isinstance(value, str):
+        return 0.0
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return 0.0
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()

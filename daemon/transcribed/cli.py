@@ -1,0 +1,139 @@
+"""Command line: ``transcribed run | status | retry``. ``cli(argv)`` returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from transcribed import __version__
+from transcribed.config import Settings, load_settings, parse_set_option
+from transcribed.errors import ConfigError
+from transcribed.journal import STATES, Journal, JournalError
+from transcribed.logs import configure_logging
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transcribed",
+        description="Batch transcription daemon: audio in an inbox becomes transcripts.",
+    )
+    parser.add_argument("--version", action="version", version=f"transcribed {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--config", type=Path, help="TOML config file (default: $TRANSCRIBED_CONFIG)"
+        )
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one setting, e.g. --set assemblyai.max_concurrent_jobs=20",
+        )
+
+    run = commands.add_parser("run", help="run the daemon")
+    common(run)
+    run.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    for key in ("inbox", "outbox", "done", "failed", "state-dir"):
+        run.add_argument(f"--{key}", type=Path, help=f"override the {key.replace('-', '_')} folder")
+    run.add_argument("--backend", choices=("auto", "assemblyai", "local"))
+
+    status = commands.add_parser("status", help="show job counts and recent jobs")
+    common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=15, help="how many recent jobs to list")
+
+    retry = commands.add_parser("retry", help="put failed files back into the queue")
+    common(retry)
+    retry.add_argument("paths", nargs="*", help="failed sources (relative to failed/); all if none")
+    return parser
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    overrides: dict[str, Any] = dict(parse_set_option(item) for item in args.overrides)
+    for key in ("inbox", "outbox", "done", "failed", "state_dir", "backend"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = str(value)
+    return load_settings(args.config, environ, overrides)
+
+
+def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        settings = _settings(args, environ)
+    except ConfigError as exc:
+        print(f"transcribed: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "run":
+        return _run(settings, once=args.once)
+    if args.command == "status":
+        return _status(settings, as_json=args.json, limit=args.limit)
+    if args.command == "retry":
+        from transcribed.retry import retry_failed
+
+        configure_logging(settings.daemon.log_level, settings.daemon.log_format, sys.stderr)
+        return retry_failed(settings, args.paths)
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _run(settings: Settings, *, once: bool) -> int:
+    from transcribed.service import Service
+
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+
+    async def main() -> int:
+        return await Service(settings, once=once).run()
+
+    return asyncio.run(main())
+
+
+def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
+    state_dir = Path(settings.state_dir).expanduser().absolute()
+    try:
+        with Journal(state_dir, readonly=True) as journal:
+            counts = journal.counts()
+            recent = [row.as_dict() for row in journal.recent(limit)]
+            pending = journal.pending_count()
+    except JournalError as exc:
+        if not (state_dir / "journal.sqlite3").exists():
+            counts, recent, pending = dict.fromkeys(STATES, 0), [], 0
+        else:
+            print(f"transcribed: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    fields = ("id", "path", "state", "transcript_id", "attempts", "last_error", "updated_at")
+    jobs = [{key: row[key] for key in fields} for row in recent]
+    if as_json:
+        print(json.dumps({"counts": counts, "pending": pending, "recent": jobs}, indent=2))
+        return 0
+    print("state       files")
+    for state in STATES:
+        print(f"{state:<11} {counts[state]:>5}")
+    print(f"{'pending':<11} {pending:>5}  (in the inbox, not yet finished)")
+    if jobs:
+        print("\nrecent jobs:")
+        for job in jobs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["updated_at"]))
+            line = f"  {when}  {job['state']:<10} {job['path']}"
+            if job["transcript_id"]:
+                line += f"  [{job['transcript_id']}]"
+            if job["last_error"] and job["state"] == "failed":
+                line += f"  error: {job['last_error']}"
+            print(line)
+    return 0
+
+
+def main() -> int:
+    return cli(sys.argv[1:])

@@ -1,0 +1,337 @@
+"""The journal: one SQLite row per source file, the daemon's only shared state.
+
+Every remote step is committed here before the next one starts (WAL, ``synchronous=FULL``),
+so a restart, even after ``kill -9``, resumes a job where it stood instead of repeating a paid
+step. Calls are short synchronous statements on the event loop's thread: they cannot be
+interrupted half-way by task cancellation.
+
+States: ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed`` (outputs written) ->
+``archived`` (source moved to done/), or ``failed``. ``source_moved`` is 0 while the source is
+still in the inbox; at most one such row exists per inbox path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from transcribed.errors import ConfigError
+
+STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    backend TEXT,
+    upload_url TEXT,
+    transcript_id TEXT,
+    output_base TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    error_status INTEGER,
+    source_moved INTEGER NOT NULL DEFAULT 0,
+    final_path TEXT,
+    audio_duration_s REAL,
+    reused_from INTEGER,
+    discovered_at REAL NOT NULL,
+    upload_started_at REAL,
+    uploaded_at REAL,
+    submit_started_at REAL,
+    submitted_at REAL,
+    completed_at REAL,
+    finished_at REAL,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_moved = 0;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
+CREATE INDEX IF NOT EXISTS jobs_output_base ON jobs(output_base);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    state: str
+    backend: str | None
+    upload_url: str | None
+    transcript_id: str | None
+    output_base: str | None
+    attempts: int
+    last_error: str | None
+    error_status: int | None
+    source_moved: int
+    final_path: str | None
+    audio_duration_s: float | None
+    reused_from: int | None
+    discovered_at: float
+    upload_started_at: float | None
+    uploaded_at: float | None
+    submit_started_at: float | None
+    submitted_at: float | None
+    completed_at: float | None
+    finished_at: float | None
+    next_attempt_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+
+
+class JournalError(ConfigError):
+    """The journal cannot be opened: corrupt, locked by another daemon, or not writable."""
+
+
+class Journal:
+    """Owns the SQLite connection. Open with ``with Journal(path) as journal``."""
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        self.path = state_dir / "journal.sqlite3"
+        self._lock_path = state_dir / "transcribed.lock"
+        self._readonly = readonly
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> Journal:
+        if self._readonly:
+            if not self.path.exists():
+                raise JournalError(f"no journal at {self.path}")
+            uri = f"{self.path.as_uri()}?mode=ro"
+            self._db = self._connect(uri, uri=True)
+            return self
+        self._take_lock()
+        try:
+            self._db = self._connect(str(self.path))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._check_integrity(self._db)
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        except JournalError:
+            self.close()
+            raise
+        return self
+
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise JournalError(
+                f"journal {self.path} is corrupt ({check[0] if check else 'no answer'}); "
+                "move it aside to start afresh"
+            )
+
+    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _take_lock(self) -> None:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"state_dir {self._lock_path.parent} is not usable: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalError(
+                f"another transcribed is running with state_dir {self._lock_path.parent}"
+            ) from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Journal:
+        return self.open()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("journal is not open")
+        return self._db
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- queries ---------------------------------------------------------------------------
+    def get(self, job_id: int) -> JobRow:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608 - column list is ours
+        if row is None:
+            raise KeyError(job_id)
+        return JobRow(**dict(row))
+
+    def live_paths(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")}
+
+    def claimable(self, limit: int, exclude: set[int], now: float | None = None) -> list[JobRow]:
+        """Live jobs that still need work, oldest first, skipping those already running."""
+        now = time.time() if now is None else now
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE source_moved = 0 AND next_attempt_at <= ? "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (now, limit + len(exclude)),
+        ).fetchall()
+        return [JobRow(**dict(r)) for r in rows if r["id"] not in exclude][:limit]
+
+    def next_wakeup(self) -> float | None:
+        row = self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE source_moved = 0"
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def pending_count(self) -> int:
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM jobs WHERE source_moved = 0").fetchone()[0]
+        )
+
+    def oldest_waiting_at(self) -> float | None:
+        row = self.db.execute(
+            "SELECT MIN(discovered_at) FROM jobs WHERE state = 'discovered' AND source_moved = 0"
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def recent(self, limit: int = 20) -> list[JobRow]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs ORDER BY updated_at DESC, id DESC LIMIT ?",  # noqa: S608
+            (limit,),
+        ).fetchall()
+        return [JobRow(**dict(r)) for r in rows]
+
+    def output_base_taken(self, base: str, job_id: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM jobs WHERE output_base = ? AND id != ? LIMIT 1", (base, job_id)
+        ).fetchone()
+        return row is not None
+
+    def find_reusable(self, sha256: str, backend: str, job_id: int) -> JobRow | None:
+        """An earlier job with the same content whose remote transcript can be reused."""
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE sha256 = ? AND backend = ? AND id != ? "  # noqa: S608
+            "AND transcript_id IS NOT NULL AND state IN ('submitted', 'completed', 'archived') "
+            "ORDER BY (state = 'archived') DESC, id DESC LIMIT 1",
+            (sha256, backend, job_id),
+        ).fetchone()
+        return JobRow(**dict(row)) if row else None
+
+    def failed_rows(self) -> list[JobRow]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state = 'failed' ORDER BY id"  # noqa: S608
+        ).fetchall()
+        return [JobRow(**dict(r)) for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------
+    def discover(self, path: str, size: int, mtime_ns: int) -> int | None:
+        """Record a settled inbox file. Returns the new job id, or None if it is known."""
+        now = time.time()
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, updated_at) "
+            "VALUES (?, ?, ?, 'discovered', ?, ?)",
+            (path, size, mtime_ns, now, now),
+        )
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def discover_many(self, files: list[tuple[str, int, int]]) -> list[int]:
+        """``discover`` for many ``(path, size, mtime_ns)`` at once, in one transaction."""
+        now = time.time()
+        new_ids: list[int] = []
+        with self._tx() as db:
+            for path, size, mtime_ns in files:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, "
+                    "updated_at) VALUES (?, ?, ?, 'discovered', ?, ?)",
+                    (path, size, mtime_ns, now, now),
+                )
+                if cur.rowcount == 1 and cur.lastrowid is not None:
+                    new_ids.append(cur.lastrowid)
+        return new_ids
+
+    def update(self, job_id: int, **values: Any) -> None:
+        for key in values:
+            if key not in JobRow.__dataclass_fields__ or key == "id":
+                raise KeyError(key)
+        values["updated_at"] = time.time()
+        columns = ", ".join(f"{key} = ?" for key in values)
+        with self._tx() as db:
+            db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+
+    def set_state(self, job_id: int, state: str, **values: Any) -> None:
+        if state not in STATES:
+            raise ValueError(state)
+        self.update(job_id, state=state, **values)
+
+    def reserve_output_base(self, job_id: int, candidates: list[str], exists: Any) -> str:
+        """Pick the first candidate that no other job owns and ``exists(base)`` says is free."""
+        with self._tx() as db:
+            row = db.execute("SELECT output_base FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None and row[0]:
+                return str(row[0])
+            for base in candidates:
+                taken = db.execute(
+                    "SELECT 1 FROM jobs WHERE output_base = ? AND id != ? LIMIT 1", (base, job_id)
+                ).fetchone()
+                if taken is None and not exists(base):
+                    db.execute(
+                        "UPDATE jobs SET output_base = ?, updated_at = ? WHERE id = ?",
+                        (base, time.time(), job_id),
+                    )
+                    return base
+        raise RuntimeError(f"no free output name for job {job_id}")

@@ -1,0 +1,134 @@
+"""Results on disk: atomic transcript writes, and moving sources to done/ or failed/.
+
+Every file appears complete or not at all (temp file, fsync, rename, fsync of the folder).
+A name that is already taken is never overwritten: the caller reserves a free output name
+through the journal, and a source moved onto an existing name gets a numbered one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiofiles
+
+from transcribed.backends import Result
+from transcribed.errors import LocalIOError
+from transcribed.paths import TEMP_PREFIX, numbered
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file, or all of the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{path.name}"[:255])
+    try:
+        async with aiofiles.open(tmp, "wb") as handle:
+            await handle.write(data)
+            await handle.flush()
+            await asyncio.to_thread(os.fsync, handle.fileno())
+        await asyncio.to_thread(os.replace, tmp, path)
+        await asyncio.to_thread(_fsync_dir, path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def render(result: Result, fmt: str) -> bytes:
+    if fmt == "txt":
+        return (result.text.rstrip("\n") + "\n").encode()
+    if fmt == "json":
+        return json.dumps(result.transcript, ensure_ascii=False, indent=2).encode() + b"\n"
+    return result.subtitles[fmt].encode()
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` durably, copying across file systems (blocking)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        src.rename(dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{dst.name}"[:255])
+        try:
+            shutil.copyfile(src, tmp)
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            tmp.rename(dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        src.unlink()
+    _fsync_dir(dst.parent)
+
+
+class Outputs:
+    """Knows the outbox, done and failed folders and the formats to write."""
+
+    def __init__(self, outbox: Path, done: Path, failed: Path, formats: Sequence[str]) -> None:
+        self.outbox = outbox
+        self.done = done
+        self.failed = failed
+        self.formats = tuple(formats)
+
+    def paths_for(self, base: str) -> list[Path]:
+        return [self.outbox / f"{base}.{fmt}" for fmt in self.formats]
+
+    def base_in_use(self, base: str) -> bool:
+        """True when any output file for ``base`` already exists (from an earlier source)."""
+        return any(path.exists() for path in self.paths_for(base))
+
+    async def write(self, base: str, result: Result) -> list[Path]:
+        written: list[Path] = []
+        try:
+            for fmt, path in zip(self.formats, self.paths_for(base), strict=True):
+                await write_atomic(path, render(result, fmt))
+                written.append(path)
+        except OSError as exc:
+            raise LocalIOError(
+                f"cannot write {exc.filename or self.outbox}: {exc.strerror}"
+            ) from exc
+        return written
+
+    async def archive(self, source: Path, rel_path: str) -> str:
+        """Move a transcribed source to done/; returns its path relative to done/."""
+        return await self._move(source, self.done, rel_path)
+
+    async def fail(self, source: Path | None, rel_path: str, report: dict[str, Any]) -> str:
+        """Move a failed source to failed/ with ``<name>.error.json`` beside it."""
+        final = rel_path
+        if source is not None:
+            final = await self._move(source, self.failed, rel_path)
+        body = json.dumps(report, ensure_ascii=False, indent=2).encode() + b"\n"
+        try:
+            await write_atomic(self.failed / f"{final}.error.json", body)
+        except OSError as exc:
+            raise LocalIOError(f"cannot write an error report in {self.failed}: {exc}") from exc
+        return final
+
+    async def _move(self, source: Path, root: Path, rel_path: str) -> str:
+        final = rel_path
+        n = 1
+        while (root / final).exists() or (root / f"{final}.error.json").exists():
+            n += 1
+            final = numbered(rel_path, n)
+        try:
+            await asyncio.to_thread(move_file, source, root / PurePosixPath(final))
+        except OSError as exc:
+            raise LocalIOError(f"cannot move {source} to {root}: {exc.strerror}") from exc
+        return final

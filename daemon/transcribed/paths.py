@@ -1,0 +1,75 @@
+"""Which inbox files are taken, and where each one's results and source go.
+
+Pure functions over paths and names: no I/O here except :func:`safe_lstat` and
+:func:`is_inside`, so the mapping can be property-tested.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".temp", ".swp")
+#: Prefix of the temp files this daemon writes; always a dotfile, so it is never taken as input.
+TEMP_PREFIX = ".transcribed-tmp-"
+
+
+def is_candidate_name(rel_path: str, patterns: Sequence[str]) -> bool:
+    """True when an inbox-relative path looks like input: matches a pattern, case-insensitively,
+    and neither it nor any parent folder is hidden or a temp/partial download."""
+    parts = PurePosixPath(rel_path).parts
+    if not parts or any(part.startswith(".") for part in parts):
+        return False
+    name = parts[-1].lower()
+    if name.endswith(TEMP_SUFFIXES) or name.startswith("~"):
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in patterns)
+
+
+def is_hidden_dir(name: str) -> bool:
+    return name.startswith(".")
+
+
+def safe_lstat(path: Path) -> os.stat_result | None:
+    """``lstat`` that answers None for anything but a regular file (symlinks included)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """True when ``path``'s real location is inside ``root``'s real location."""
+    try:
+        real = Path(os.path.realpath(path))
+        base = Path(os.path.realpath(root))
+    except OSError:
+        return False
+    return real == base or base in real.parents
+
+
+def relative_posix(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def output_base_candidates(rel_path: str) -> list[str]:
+    """Output names (without format extension) to try for a source, best first.
+
+    ``talks/a.mp3`` -> ``talks/a``, then ``talks/a.mp3`` (so ``a.wav`` beside ``a.mp3`` gets
+    ``a.wav.txt``), then numbered ``talks/a (2)``, ``talks/a (3)``, ...
+    """
+    rel = PurePosixPath(rel_path)
+    stem = rel.with_suffix("") if rel.suffix else rel
+    bases = [stem.as_posix(), rel.as_posix()]
+    bases.extend(f"{stem.as_posix()} ({n})" for n in range(2, 1000))
+    return list(dict.fromkeys(bases))
+
+
+def numbered(rel_path: str, n: int) -> str:
+    """``a/b.mp3`` -> ``a/b (n).mp3``: a free name for a source moved into done/ or failed/."""
+    rel = PurePosixPath(rel_path)
+    return rel.with_name(f"{rel.stem} ({n}){rel.suffix}").as_posix()

@@ -1,0 +1,381 @@
+"""The pool: takes claimable jobs from the journal and runs each through the backend.
+
+At most ``backend.max_concurrency`` jobs run at once. A job's outcome is either ``archived``
+(outputs written, source in done/) or ``failed`` (source in failed/ with a report); transient
+trouble only delays it, and a bad file never takes a worker down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from transcribed.backends import Backend, Job
+from transcribed.errors import AuthError, ConfigError, LocalIOError, PermanentError
+from transcribed.journal import JobRow, Journal
+from transcribed.logs import get_logger
+from transcribed.metrics import Metrics
+from transcribed.outputs import Outputs
+from transcribed.paths import is_inside, output_base_candidates, safe_lstat
+
+log = get_logger("transcribed.pool")
+#: Phases in which cancelling a job loses nothing but a wait.
+SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling", "retry_wait"})
+LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
+MAX_UNEXPECTED = 5
+
+
+@dataclass
+class RunStats:
+    done: int = 0
+    failed: int = 0
+    reused: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class _Checkpoints:
+    """Journal-backed :class:`~transcribed.backends.Checkpoints` for one job."""
+
+    def __init__(self, journal: Journal, job_id: int, phases: dict[int, str]) -> None:
+        self._journal = journal
+        self._id = job_id
+        self._phases = phases
+
+    def uploaded(self, upload_url: str) -> None:
+        self._journal.update(self._id, upload_url=upload_url, uploaded_at=time.time())
+
+    def submitting(self) -> None:
+        self._journal.update(self._id, submit_started_at=time.time())
+
+    def submitted(self, transcript_id: str) -> None:
+        self._journal.set_state(
+            self._id, "submitted", transcript_id=transcript_id, submitted_at=time.time()
+        )
+
+    def upload_lost(self) -> None:
+        self._journal.update(self._id, upload_url=None, uploaded_at=None, submit_started_at=None)
+
+    def phase(self, name: str) -> None:
+        self._phases[self._id] = name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Pool:
+    def __init__(
+        self,
+        journal: Journal,
+        backend: Backend,
+        outputs: Outputs,
+        inbox: Path,
+        *,
+        settle_s: float = 2.0,
+        dedupe: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._journal = journal
+        self._backend = backend
+        self._outputs = outputs
+        self._inbox = inbox
+        self._settle_s = settle_s
+        self._dedupe = dedupe
+        self._metrics = metrics or Metrics()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._phases: dict[int, str] = {}
+        self._wake = asyncio.Event()
+        self._unexpected: Counter[int] = Counter()
+        self._deferrals: Counter[int] = Counter()
+        self.stats = RunStats()
+        self.fatal: BaseException | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def wake(self, _count: int = 0) -> None:
+        self._wake.set()
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, *, until_idle: asyncio.Event | None = None) -> None:
+        """Start jobs as slots free up, until ``stop`` is set.
+
+        With ``until_idle`` (``--once``), return once that event is set (intake has finished)
+        and nothing is left to do.
+        """
+        while not stop.is_set() and self.fatal is None:
+            self._wake.clear()
+            free = self._backend.max_concurrency - len(self._tasks)
+            if free > 0:
+                for row in self._journal.claimable(free, set(self._tasks)):
+                    self._start(row)
+            self._metrics.jobs_in_flight.set(len(self._tasks))
+            self._metrics.queue_depth.set(max(0, self._journal.pending_count() - len(self._tasks)))
+            if (
+                until_idle is not None
+                and until_idle.is_set()
+                and not self._tasks
+                and self._journal.pending_count() == 0
+            ):
+                return
+            await self._sleep(stop)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        timeout: float | None = 5.0
+        wakeup = self._journal.next_wakeup()
+        if wakeup is not None:
+            timeout = min(5.0, max(0.05, wakeup - time.time()))
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _start(self, row: JobRow) -> None:
+        self._phases[row.id] = "queued"
+        task = asyncio.create_task(self._run_job(row), name=f"job-{row.id}")
+        self._tasks[row.id] = task
+        task.add_done_callback(functools.partial(self._finished, row.id))
+
+    def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(job_id, None)
+        self._phases.pop(job_id, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # _run_job handles everything; anything here is a bug worth stopping for.
+            log.error("job_crashed", job_id=job_id, error=repr(exc))
+            self.fatal = exc
+        self._wake.set()
+
+    # -- shutdown --------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> int:
+        """Cancel jobs that are only waiting; give the rest ``grace_s`` to reach a checkpoint.
+
+        Returns how many jobs had to be cancelled mid-step (they resume on the next start).
+        """
+        deadline = time.monotonic() + grace_s
+        while self._tasks:
+            for job_id, task in list(self._tasks.items()):
+                if self._phases.get(job_id) in SAFE_PHASES:
+                    task.cancel()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.wait(list(self._tasks.values()), timeout=min(0.1, remaining))
+        cut = len(self._tasks)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+        return cut
+
+    # -- one job ---------------------------------------------------------------------------
+    async def _run_job(self, row: JobRow) -> None:
+        structlog.contextvars.bind_contextvars(path=row.path, job_id=row.id)
+        started = time.monotonic()
+        source = self._inbox / row.path
+        try:
+            if row.state == "failed":
+                await self._finish_failure(row, source)
+                return
+            if row.state == "completed":
+                await self._archive(row, source, started)
+                return
+            job = await self._prepare(row, source)
+            if job is None:
+                return
+            checkpoints = _Checkpoints(self._journal, row.id, self._phases)
+            result = await self._backend.transcribe(job, checkpoints)
+            self._phases[row.id] = "writing"
+            row = self._journal.get(row.id)
+            base = row.output_base or self._reserve(row)
+            await self._outputs.write(base, result)
+            self._journal.set_state(
+                row.id,
+                "completed",
+                transcript_id=result.transcript_id,
+                audio_duration_s=result.audio_duration_s,
+                completed_at=time.time(),
+                last_error=None,
+            )
+            if result.audio_duration_s:
+                self._metrics.audio_seconds.inc(result.audio_duration_s)
+            await self._archive(self._journal.get(row.id), source, started)
+        except PermanentError as exc:
+            await self._fail(row, source, str(exc), exc.status, exc.transcript_id, started)
+        except (AuthError, ConfigError) as exc:
+            self.fatal = exc
+            log.error("daemon_stopping", reason=str(exc))
+        except LocalIOError as exc:
+            self._retry_later(row, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._unexpected[row.id] += 1
+            log.exception("job_error", error=repr(exc))
+            if self._unexpected[row.id] >= MAX_UNEXPECTED:
+                await self._fail(row, source, f"internal error: {exc!r}", None, None, started)
+            else:
+                self._retry_later(row, repr(exc))
+        finally:
+            structlog.contextvars.unbind_contextvars("path", "job_id")
+
+    async def _prepare(self, row: JobRow, source: Path) -> Job | None:
+        """Check the source, hash it once, reserve output names; None if nothing to do now."""
+        info = safe_lstat(source)
+        if info is None or not is_inside(source, self._inbox):
+            if row.state == "discovered":
+                log.warning("source_vanished")
+                self._journal.set_state(
+                    row.id, "failed", source_moved=1, last_error="source left the inbox"
+                )
+                return None
+            raise PermanentError("the source file left the inbox while it was being processed")
+        sha256 = row.sha256
+        if row.state == "discovered":
+            self._phases[row.id] = "hashing"
+            try:
+                sha256 = await asyncio.to_thread(_sha256, source)
+            except OSError as exc:
+                raise PermanentError(f"cannot read the source: {exc.strerror}") from exc
+            after = safe_lstat(source)
+            if after is None or (after.st_size, after.st_mtime_ns) != (
+                info.st_size,
+                info.st_mtime_ns,
+            ):
+                # Still being written: look again once it has been quiet for a while.
+                self._journal.update(
+                    row.id,
+                    size=after.st_size if after else row.size,
+                    mtime_ns=after.st_mtime_ns if after else row.mtime_ns,
+                    next_attempt_at=time.time() + self._settle_s,
+                )
+                return None
+            if info.st_size == 0:
+                raise PermanentError("the file is empty")
+            self._journal.set_state(
+                row.id,
+                "uploading",
+                sha256=sha256,
+                size=info.st_size,
+                mtime_ns=info.st_mtime_ns,
+                backend=self._backend.name,
+                attempts=row.attempts + 1,
+                upload_started_at=time.time(),
+            )
+            row = self._journal.get(row.id)
+            self._reserve(row)
+        return Job(
+            id=row.id,
+            path=source,
+            rel_path=row.path,
+            size=info.st_size,
+            sha256=sha256,
+            upload_url=row.upload_url,
+            transcript_id=row.transcript_id,
+            submit_started_at=row.submit_started_at,
+            submitted_at=row.submitted_at,
+            attempts=row.attempts,
+        )
+
+    def _reserve(self, row: JobRow) -> str:
+        return self._journal.reserve_output_base(
+            row.id, output_base_candidates(row.path), self._outputs.base_in_use
+        )
+
+    async def _archive(self, row: JobRow, source: Path, started: float) -> None:
+        self._phases[row.id] = "moving"
+        if safe_lstat(source) is not None:
+            final = await self._outputs.archive(source, row.path)
+        else:
+            final = row.final_path or row.path  # moved before a crash; the journal lagged
+        self._journal.set_state(
+            row.id, "archived", source_moved=1, final_path=final, finished_at=time.time()
+        )
+        elapsed = time.monotonic() - started
+        self.stats.done += 1
+        self._metrics.files.labels(outcome="done").inc()
+        self._metrics.job_duration.labels(outcome="done").observe(elapsed)
+        log.info(
+            "file_transcribed",
+            outcome="done",
+            seconds=round(elapsed, 3),
+            transcript_id=row.transcript_id,
+            outputs=row.output_base,
+        )
+
+    async def _fail(
+        self,
+        row: JobRow,
+        source: Path,
+        reason: str,
+        status: int | None,
+        transcript_id: str | None,
+        started: float,
+    ) -> None:
+        self._journal.set_state(
+            row.id,
+            "failed",
+            last_error=reason,
+            error_status=status,
+            output_base=None,
+            transcript_id=transcript_id or self._journal.get(row.id).transcript_id,
+        )
+        await self._finish_failure(self._journal.get(row.id), source, started)
+
+    async def _finish_failure(
+        self, row: JobRow, source: Path, started: float | None = None
+    ) -> None:
+        self._phases[row.id] = "moving"
+        report: dict[str, Any] = {
+            "source": row.path,
+            "reason": row.last_error,
+            "http_status": row.error_status,
+            "transcript_id": row.transcript_id,
+            "backend": row.backend,
+            "attempts": row.attempts,
+            "sha256": row.sha256,
+            "discovered_at": _iso(row.discovered_at),
+            "submitted_at": _iso(row.submitted_at),
+            "failed_at": _iso(time.time()),
+        }
+        present = safe_lstat(source) is not None and is_inside(source, self._inbox)
+        final = await self._outputs.fail(source if present else None, row.path, report)
+        self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
+        self.stats.failed += 1
+        self._metrics.files.labels(outcome="failed").inc()
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        self._metrics.job_duration.labels(outcome="failed").observe(elapsed)
+        log.warning(
+            "file_failed",
+            outcome="failed",
+            seconds=round(elapsed, 3),
+            transcript_id=row.transcript_id,
+            reason=row.last_error,
+        )
+
+    def _retry_later(self, row: JobRow, reason: str) -> None:
+        current = self._journal.get(row.id)
+        delay = LOCAL_RETRY_S[min(self._deferrals[row.id], len(LOCAL_RETRY_S) - 1)]
+        self._deferrals[row.id] += 1
+        self._journal.update(row.id, last_error=reason, next_attempt_at=time.time() + delay)
+        log.error("job_deferred", reason=reason, retry_in_s=delay, state=current.state)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -1,0 +1,229 @@
+"""The daemon's lifecycle: folders, journal, backend, watcher, pool, signals, drain.
+
+The first SIGTERM or SIGINT stops intake and lets in-flight steps reach a checkpoint within
+``grace_s``; the journal resumes whatever is left on the next start. A second signal exits at
+once, which is just as safe for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from transcribed.backends import Backend
+from transcribed.config import Settings
+from transcribed.errors import AuthError, ConfigError
+from transcribed.journal import Journal
+from transcribed.logs import get_logger, register_secret
+from transcribed.metrics import Metrics
+from transcribed.outputs import Outputs
+from transcribed.paths import TEMP_PREFIX
+from transcribed.pool import Pool
+from transcribed.watcher import Watcher
+
+log = get_logger("transcribed.service")
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_CONFIG = 0, 1, 2
+
+
+def prepare_folders(settings: Settings) -> dict[str, Path]:
+    """Check the inbox and create the other folders; ``ConfigError`` names the bad one."""
+    folders = {
+        name: Path(getattr(settings, name)).expanduser().absolute()
+        for name in ("inbox", "outbox", "done", "failed", "state_dir")
+    }
+    inbox = folders["inbox"]
+    if not inbox.is_dir():
+        raise ConfigError(f"inbox {inbox} does not exist or is not a folder")
+    if not os.access(inbox, os.R_OK | os.X_OK | os.W_OK):
+        raise ConfigError(f"inbox {inbox} is not readable and writable by this user")
+    for name in ("outbox", "done", "failed", "state_dir"):
+        folder = folders[name]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{name} {folder} cannot be created: {exc.strerror}") from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name} {folder} is not writable by this user")
+    return folders
+
+
+def _remove_stale_temp_files(*roots: Path) -> None:
+    """Temp files left by a crash mid-write are never visible results; clear them."""
+    for root in roots:
+        for stale in root.rglob(f"{TEMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+
+
+def make_backend(settings: Settings, metrics: Metrics) -> Backend:
+    choice = settings.resolved_backend()
+    reason = (
+        "configured"
+        if settings.backend != "auto"
+        else ("an API key is configured" if choice == "assemblyai" else "no API key is configured")
+    )
+    log.info("backend_selected", backend=choice, reason=reason)
+    if choice == "assemblyai":
+        from transcribed.backends.assemblyai import AssemblyAIBackend
+
+        if settings.assemblyai.api_key is None:
+            raise ConfigError(
+                "backend is assemblyai but no API key is set "
+                "(ASSEMBLYAI_API_KEY, or [assemblyai] api_key / api_key_file)"
+            )
+        return AssemblyAIBackend(
+            settings.assemblyai, settings.transcription, settings.output.formats, metrics
+        )
+    from transcribed.backends.local import LocalBackend
+
+    return LocalBackend(settings.local, settings.output.formats)
+
+
+class Service:
+    """One daemon run. ``await Service(settings).run()`` returns the process exit code."""
+
+    def __init__(self, settings: Settings, *, once: bool = False) -> None:
+        self.settings = settings
+        self.once = once
+        self.metrics = Metrics()
+        self.stop = asyncio.Event()
+        self.watcher_ready = asyncio.Event()
+        self.journal: Journal | None = None
+        self.backend: Backend | None = None
+        self.pool: Pool | None = None
+        self.watcher: Watcher | None = None
+        self.backend_ready = False
+        self._signals = 0
+        self._extra_tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def ready(self) -> bool:
+        return bool(
+            self.journal is not None
+            and self.journal.is_open
+            and self.watcher is not None
+            and self.watcher.running
+            and self.backend_ready
+        )
+
+    def request_stop(self, signum: int | None = None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("forced_exit", signal=signum)
+            os._exit(128 + (signum or signal.SIGTERM))
+        log.info("shutdown_requested", signal=signum, grace_s=self.settings.daemon.grace_s)
+        self.stop.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    async def run(self) -> int:
+        settings = self.settings
+        if settings.assemblyai.api_key is not None:
+            register_secret(settings.assemblyai.api_key.get_secret_value())
+        try:
+            folders = prepare_folders(settings)
+            _remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
+            with Journal(folders["state_dir"]) as journal:
+                self.journal = journal
+                return await self._run(journal, folders)
+        except (ConfigError, AuthError) as exc:
+            log.error("startup_failed", error=str(exc))
+            return EXIT_CONFIG
+
+    async def _run(self, journal: Journal, folders: dict[str, Path]) -> int:
+        settings = self.settings
+        backend = make_backend(settings, self.metrics)
+        self.backend = backend
+        self._install_signals()
+        try:
+            await backend.start()
+            self.backend_ready = True
+            outputs = Outputs(
+                folders["outbox"], folders["done"], folders["failed"], settings.output.formats
+            )
+            pool = Pool(
+                journal,
+                backend,
+                outputs,
+                folders["inbox"],
+                settle_s=settings.watch.settle_s,
+                dedupe=settings.daemon.dedupe,
+                metrics=self.metrics,
+            )
+            self.pool = pool
+            watcher = Watcher(folders["inbox"], settings.watch, journal, pool.wake)
+            self.watcher = watcher
+            self.metrics.watch_oldest(self._oldest_waiting_age)
+            return await self._serve(pool, watcher)
+        finally:
+            self._remove_signals()
+            await backend.close()
+
+    def _oldest_waiting_age(self) -> float:
+        if self.journal is None or not self.journal.is_open:
+            return 0.0
+        oldest = self.journal.oldest_waiting_at()
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
+    async def _serve(self, pool: Pool, watcher: Watcher) -> int:
+        intake_done = asyncio.Event()
+        if self.once:
+            intake = asyncio.create_task(self._once_intake(watcher, intake_done))
+        else:
+            intake = asyncio.create_task(watcher.watch(self.stop, self.watcher_ready))
+        work = asyncio.create_task(
+            pool.run(self.stop, until_idle=intake_done if self.once else None)
+        )
+        log.info(
+            "daemon_started",
+            inbox=str(watcher.inbox),
+            backend=pool_backend_name(self.backend),
+            once=self.once,
+        )
+        stop_wait = asyncio.create_task(self.stop.wait())
+        await asyncio.wait([work, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        self.stop.set()
+        stop_wait.cancel()
+        await asyncio.gather(intake, return_exceptions=True)
+        await work
+        cut = await pool.drain(self.settings.daemon.grace_s)
+        fatal = pool.fatal
+        log.info(
+            "daemon_stopped",
+            done=pool.stats.done,
+            failed=pool.stats.failed,
+            cancelled_mid_step=cut,
+            pending=self.journal.pending_count() if self.journal else None,
+        )
+        if isinstance(fatal, AuthError | ConfigError):
+            log.error("startup_failed" if not pool.stats.done else "fatal_error", error=str(fatal))
+            return EXIT_CONFIG
+        if fatal is not None:
+            return EXIT_FAILED_FILES
+        if self.once and pool.stats.failed:
+            return EXIT_FAILED_FILES
+        return EXIT_OK
+
+    async def _once_intake(self, watcher: Watcher, intake_done: asyncio.Event) -> None:
+        try:
+            await watcher.drain_once(self.stop)
+        finally:
+            intake_done.set()
+            if self.pool is not None:
+                self.pool.wake()
+
+
+def pool_backend_name(backend: Backend | None) -> str | None:
+    return backend.name if backend is not None else None

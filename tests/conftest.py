@@ -1,0 +1,169 @@
+"""Shared fixtures: real folders in tmp_path and the fake API over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from transcribed.config import Settings, load_settings
+from transcribed.testing import FakeAssemblyAI, FakeConfig, fake_text_for
+
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class Folders:
+    root: Path
+    inbox: Path
+    outbox: Path
+    done: Path
+    failed: Path
+    state: Path
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    f = Folders(
+        root=tmp_path,
+        inbox=tmp_path / "inbox",
+        outbox=tmp_path / "outbox",
+        done=tmp_path / "done",
+        failed=tmp_path / "failed",
+        state=tmp_path / "state",
+    )
+    f.inbox.mkdir()
+    return f
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAssemblyAI]:
+    async with FakeAssemblyAI(
+        FakeConfig(api_keys=(API_KEY,), latency_s=0.2, concurrency=50)
+    ) as server:
+        yield server
+
+
+def make_audio(path: Path, seed: int | str, size: int = 8000) -> str:
+    """An MP3-looking file (ID3 header + random bytes); returns its sha256."""
+    rng = random.Random(str(seed))
+    data = b"ID3\x04\x00\x00\x00\x00\x00\x00" + rng.randbytes(size - 10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def expected_text(sha256: str) -> str:
+    return fake_text_for(sha256)
+
+
+def overrides_for(folders: Folders, fake: FakeAssemblyAI | None, **extra: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "inbox": str(folders.inbox),
+        "outbox": str(folders.outbox),
+        "done": str(folders.done),
+        "failed": str(folders.failed),
+        "state_dir": str(folders.state),
+        "watch.settle_s": 0.3,
+        "http.listen": "",
+        "assemblyai.poll_min_s": 0.05,
+        "assemblyai.poll_max_s": 0.5,
+        "assemblyai.retry_max_backoff_s": 1.0,
+        "daemon.log_format": "json",
+    }
+    if fake is not None:
+        values |= {
+            "backend": "assemblyai",
+            "assemblyai.base_url": fake.base_url,
+            "assemblyai.api_key": API_KEY,
+        }
+    values.update(extra)
+    return values
+
+
+def settings_for(folders: Folders, fake: FakeAssemblyAI | None, **extra: Any) -> Settings:
+    return load_settings(None, {}, overrides_for(folders, fake, **extra))
+
+
+def write_config(folders: Folders, fake: FakeAssemblyAI | None, **extra: Any) -> Path:
+    """A TOML config file holding the same settings, for subprocess runs."""
+    tree: dict[str, Any] = {}
+    for dotted, value in overrides_for(folders, fake, **extra).items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {toml_value(value)}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(value, f"{prefix}.{key}" if prefix else key)
+
+    emit(tree, "")
+    path = folders.root / "transcribed.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def daemon_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "transcribed", "run", "--config", str(config), *extra]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSCRIBED_", "ASSEMBLYAI"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+
+async def run_cli(cmd: list[str], env: dict[str, str], timeout_s: float = 60) -> Completed:
+    """Run a command without blocking the event loop (the fake API lives on it)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Completed(proc.returncode, out.decode(), err.decode())

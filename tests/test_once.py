@@ -1,0 +1,150 @@
+"""`transcribed run --once` against the fake API: outputs, archiving, failures, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import (
+    API_KEY,
+    Folders,
+    clean_env,
+    daemon_command,
+    expected_text,
+    make_audio,
+    run_cli,
+    settings_for,
+    write_config,
+)
+from transcribed.service import Service
+from transcribed.testing import FakeAssemblyAI
+
+
+async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    shas: dict[str, str] = {}
+    for i in range(40):
+        rel = f"talk-{i:02d}.mp3" if i % 3 else f"team {i % 4}/day {i}/talk-{i:02d}.MP3"
+        shas[rel] = make_audio(folders.inbox / rel, seed=i)
+
+    code = await Service(settings_for(folders, fake), once=True).run()
+
+    assert code == 0
+    for rel, sha in shas.items():
+        stem = rel.rsplit(".", 1)[0]
+        assert (folders.outbox / f"{stem}.txt").read_text() == expected_text(sha) + "\n"
+        transcript = json.loads((folders.outbox / f"{stem}.json").read_text())
+        assert transcript["status"] == "completed"
+        assert transcript["text"] == expected_text(sha)
+        assert (folders.done / rel).is_file()
+        assert not (folders.inbox / rel).exists()
+        assert fake.counters.uploads_by_sha256[sha] == 1
+        assert fake.counters.submits_by_sha256[sha] == 1
+    assert fake.counters.uploads_completed == 40
+    assert not any(folders.failed.iterdir())
+
+
+async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploaded(
+    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path
+) -> None:
+    good = make_audio(folders.inbox / "good.mp3", seed="good")
+    (folders.inbox / "empty.mp3").write_bytes(b"")
+    (folders.inbox / "notes.mp3").write_text("these are meeting notes, not audio\n" * 200)
+    doomed = make_audio(folders.inbox / "doomed.mp3", seed="doomed")
+    fake.config.error_for.add(doomed)
+    secret = make_audio(tmp_path / "outside" / "secret.mp3", seed="secret")
+    (folders.inbox / "link.mp3").symlink_to(tmp_path / "outside" / "secret.mp3")
+    (folders.inbox / "linked-dir").symlink_to(tmp_path / "outside", target_is_directory=True)
+
+    code = await Service(settings_for(folders, fake), once=True).run()
+
+    assert code == 1
+    assert (folders.outbox / "good.txt").read_text() == expected_text(good) + "\n"
+    assert (folders.done / "good.mp3").is_file()
+    for name, reason in [
+        ("empty.mp3", "empty"),
+        ("notes.mp3", "does not appear to contain audio"),
+        ("doomed.mp3", "transcription failed"),
+    ]:
+        assert (folders.failed / name).is_file(), name
+        report = json.loads((folders.failed / f"{name}.error.json").read_text())
+        assert reason in report["reason"].lower() or reason in report["reason"], report
+        assert report["source"] == name
+        assert report["failed_at"]
+        assert not (folders.outbox / f"{name[:-4]}.txt").exists()
+    report = json.loads((folders.failed / "doomed.mp3.error.json").read_text())
+    assert report["transcript_id"]
+    assert fake.counters.uploads_by_sha256[secret] == 0
+    assert (folders.inbox / "link.mp3").is_symlink()
+    assert (tmp_path / "outside" / "secret.mp3").is_file()
+    assert API_KEY not in json.dumps(report)
+
+
+async def test_wrong_key_exits_2_with_a_clear_message_and_moves_nothing(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    make_audio(folders.inbox / "a.mp3", seed=1)
+    config = write_config(folders, fake, **{"assemblyai.api_key": "wrong-key-abcdef"})
+    proc = await run_cli(daemon_command(config, "--once"), clean_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.events() if line["event"] == "startup_failed"]
+    assert errors and "rejected the key" in errors[0]["error"]
+    assert "wrong-key-abcdef" not in proc.stdout + proc.stderr
+    assert (folders.inbox / "a.mp3").is_file()
+    assert not folders.done.exists() or not any(folders.done.iterdir())
+    assert fake.counters.uploads_started == 0
+
+
+def test_missing_inbox_and_bad_values_exit_2_naming_the_problem(folders: Folders) -> None:
+    config = write_config(folders, None, inbox=str(folders.root / "nope"))
+    proc = subprocess.run(
+        daemon_command(config, "--once"),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "nope" in proc.stdout + proc.stderr
+
+    proc = subprocess.run(
+        daemon_command(config, "--once"),
+        env=clean_env(TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS="lots"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "assemblyai.max_concurrent_jobs" in proc.stderr
+    assert "TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS" in proc.stderr
+
+
+async def test_same_stem_different_content_each_get_their_own_transcript(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    first = make_audio(folders.inbox / "meeting.mp3", seed="mp3")
+    second = make_audio(folders.inbox / "meeting.wav", seed="wav")
+    (folders.outbox).mkdir()
+    (folders.outbox / "old.txt").write_text("keep me\n")
+
+    assert await Service(settings_for(folders, fake), once=True).run() == 0
+
+    texts = {p.name: p.read_text() for p in folders.outbox.glob("meeting*.txt")}
+    assert sorted(texts.values()) == sorted(
+        [expected_text(first) + "\n", expected_text(second) + "\n"]
+    )
+    assert len(texts) == 2
+    assert (folders.outbox / "old.txt").read_text() == "keep me\n"
+
+    # The same name dropped again with new content never overwrites the earlier transcript.
+    third = make_audio(folders.inbox / "meeting.mp3", seed="again")
+    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    texts = {p.read_text() for p in folders.outbox.glob("meeting*.txt")}
+    assert expected_text(third) + "\n" in texts
+    assert len(texts) == 3
+    assert len(list(folders.done.glob("meeting*"))) == 3

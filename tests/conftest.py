@@ -167,3 +167,75 @@ async def run_cli(cmd: list[str], env: dict[str, str], timeout_s: float = 60) ->
         raise
     assert proc.returncode is not None
     return Completed(proc.returncode, out.decode(), err.decode())
+
+
+class Daemon:
+    """A real `transcribed run` subprocess whose JSON log goes to a file we can follow."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = env or clean_env()
+        self.proc: Any = None
+
+    async def start(self, *extra: str) -> Daemon:
+        import asyncio
+
+        self._log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *daemon_command(self.config, *extra), env=self.env, stdout=self._log, stderr=self._log
+        )
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    async def wait_for_event(self, name: str, count: int = 1, timeout_s: float = 30) -> None:
+        """Follow the log file until ``name`` has appeared ``count`` times."""
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while sum(1 for e in self.events() if e.get("event") == name) < count:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} before {name}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no {name} event within {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+    async def signal(self, signum: int, timeout_s: float = 30) -> int:
+        import asyncio
+
+        self.proc.send_signal(signum)
+        code: int = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        self.close()
+        return code
+
+    async def kill(self) -> int:
+        self.proc.kill()
+        code: int = await self.proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        self._log.close()
+
+
+async def eventually(predicate: Any, timeout_s: float = 30, what: str = "condition") -> None:
+    """Wait until ``predicate()`` holds, re-checking on a short tick (for files on disk)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} did not hold within {timeout_s}s")
+        await asyncio.sleep(0.05)

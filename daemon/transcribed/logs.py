@@ -87,6 +87,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.setLevel(level.upper())
     # aiohttp's access log would print one line per health probe.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # watchfiles reports every batch of changes at info level.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -178,9 +178,11 @@ class Watcher:
             yield_on_timeout=True,
             recursive=True,
         ):
-            if not started and ready is not None:
-                ready.set()
+            if not started:
                 started = True
+                log.info("watcher_started", force_polling=self.settings.force_polling)
+                if ready is not None:
+                    ready.set()
             for change, raw_path in changes:
                 self._event(change, raw_path)
 

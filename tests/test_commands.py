@@ -1,0 +1,74 @@
+"""`transcribed status` and `transcribed retry`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import API_KEY, Folders, expected_text, make_audio, overrides_for, settings_for
+from transcribed.cli import cli
+from transcribed.service import Service
+from transcribed.testing import FakeAssemblyAI
+
+
+def _args(folders: Folders, fake: FakeAssemblyAI) -> list[str]:
+    out: list[str] = []
+    for key, value in overrides_for(folders, fake).items():
+        out += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else value}"]
+    return out
+
+
+async def test_status_counts_states_and_lists_recent_jobs_without_the_key(
+    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_audio(folders.inbox / "good.mp3", seed=1)
+    (folders.inbox / "bad.mp3").write_text("not audio at all " * 300)
+    assert await Service(settings_for(folders, fake), once=True).run() == 1
+    capsys.readouterr()
+
+    assert cli(["status", "--json", *_args(folders, fake)], environ={}) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["archived"] == 1
+    assert report["counts"]["failed"] == 1
+    assert report["pending"] == 0
+    assert {job["path"] for job in report["recent"]} == {"good.mp3", "bad.mp3"}
+
+    assert cli(["status", *_args(folders, fake)], environ={}) == 0
+    text = capsys.readouterr().out
+    assert "archived" in text and "bad.mp3" in text and "error:" in text
+    assert API_KEY not in text
+
+
+def test_status_before_any_run_reports_zero(
+    folders: Folders, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["status", "--json", "--set", f'state_dir="{folders.state}"'], environ={}) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["failed"] == 0
+
+
+async def test_retry_moves_failed_sources_back_and_clears_reports(
+    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sha = make_audio(folders.inbox / "sub" / "flaky.mp3", seed="flaky")
+    fake.config.error_for.add(sha)
+    assert await Service(settings_for(folders, fake), once=True).run() == 1
+    assert (folders.failed / "sub" / "flaky.mp3.error.json").is_file()
+
+    assert cli(["retry", *_args(folders, fake)], environ={}) == 0
+    assert "requeued 1" in capsys.readouterr().out
+    assert (folders.inbox / "sub" / "flaky.mp3").is_file()
+    assert not (folders.failed / "sub" / "flaky.mp3").exists()
+    assert not (folders.failed / "sub" / "flaky.mp3.error.json").exists()
+
+    fake.config.error_for.clear()
+    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert (folders.outbox / "sub" / "flaky.txt").read_text() == expected_text(sha) + "\n"
+
+
+def test_retry_of_a_named_file_that_is_not_there_says_so(
+    folders: Folders, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["retry", "--set", f'failed="{folders.failed}"', "--set", f'inbox="{folders.inbox}"']
+    assert cli([*args, "nothing.mp3"], environ={}) == 1
+    assert "1 not found" in capsys.readouterr().out

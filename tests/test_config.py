@@ -1,0 +1,141 @@
+"""Configuration: precedence, environment overrides, key sources, one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from transcribed.cli import cli
+from transcribed.config import DEFAULT_SPEECH_MODELS, Settings, load_settings
+from transcribed.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "transcribed.toml"
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    settings = load_settings(EXAMPLE, {})
+    assert settings == Settings()
+    text = EXAMPLE.read_text()
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            assert f"[{name}]" in text
+            for key in section.model_fields:
+                assert re.search(rf"^#? ?{key} = ", text, re.M), f"{name}.{key} undocumented"
+        else:
+            assert re.search(rf"^(\[{name}\]|#? ?{name} = )", text, re.M), name
+
+
+def test_precedence_is_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(
+        'inbox = "from-file"\noutbox = "file-out"\n[assemblyai]\nmax_concurrent_jobs = 7\n'
+    )
+    env = {"TRANSCRIBED_INBOX": "from-env", "TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": "9"}
+    settings = load_settings(config, env, {"inbox": "from-cli"})
+    assert settings.inbox == Path("from-cli")
+    assert settings.outbox == Path("file-out")
+    assert settings.assemblyai.max_concurrent_jobs == 9
+    assert settings.done == Path("done")
+
+
+def test_config_path_comes_from_the_environment_too(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text('backend = "local"\n')
+    assert load_settings(None, {"TRANSCRIBED_CONFIG": str(config)}).backend == "local"
+
+
+def test_api_key_sources_and_precedence(tmp_path: Path) -> None:
+    assert load_settings(None, {"ASSEMBLYAI_KEY": "old-name"}).assemblyai.api_key is not None
+    settings = load_settings(None, {"ASSEMBLYAI_KEY": "old-name", "ASSEMBLYAI_API_KEY": "new-name"})
+    assert settings.assemblyai.api_key is not None
+    assert settings.assemblyai.api_key.get_secret_value() == "new-name"
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file-key\n")
+    settings = load_settings(None, {"TRANSCRIBED_ASSEMBLYAI__API_KEY_FILE": str(key_file)})
+    assert settings.assemblyai.api_key is not None
+    assert settings.assemblyai.api_key.get_secret_value() == "from-file-key"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "assemblyai_api_key").write_text("credential-key")
+    settings = load_settings(None, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert settings.assemblyai.api_key is not None
+    assert settings.assemblyai.api_key.get_secret_value() == "credential-key"
+
+
+def test_auto_backend_follows_the_key() -> None:
+    assert load_settings(None, {}).resolved_backend() == "local"
+    assert load_settings(None, {"ASSEMBLYAI_API_KEY": "k" * 32}).resolved_backend() == "assemblyai"
+    assert load_settings(None, {"ASSEMBLYAI_API_KEY": ""}).resolved_backend() == "local"
+
+
+def test_secrets_never_reach_repr_or_dumps() -> None:
+    settings = load_settings(None, {"ASSEMBLYAI_API_KEY": "super-secret-key-123"})
+    assert "super-secret-key-123" not in repr(settings)
+    assert "super-secret-key-123" not in settings.model_dump_json()
+
+
+def test_transcription_fields_pass_through_with_json_types_and_default_models() -> None:
+    settings = load_settings(
+        None,
+        {
+            "TRANSCRIBED_TRANSCRIPTION__SPEAKER_LABELS": "true",
+            "TRANSCRIBED_TRANSCRIPTION__SPEAKERS_EXPECTED": "3",
+            "TRANSCRIBED_TRANSCRIPTION__LANGUAGE_CODE": "de",
+            "TRANSCRIBED_TRANSCRIPTION__KEYTERMS_PROMPT": '["Kubernetes", "gRPC"]',
+        },
+    )
+    assert settings.transcription == {
+        "speech_models": DEFAULT_SPEECH_MODELS,
+        "speaker_labels": True,
+        "speakers_expected": 3,
+        "language_code": "de",
+        "keyterms_prompt": ["Kubernetes", "gRPC"],
+    }
+
+
+def test_lists_from_the_environment_accept_commas_or_json() -> None:
+    assert load_settings(None, {"TRANSCRIBED_OUTPUT__FORMATS": "txt, srt"}).output.formats == [
+        "txt",
+        "srt",
+    ]
+    env = {"TRANSCRIBED_WATCH__PATTERNS": '["*.mp3"]'}
+    assert load_settings(None, env).watch.patterns == ["*.mp3"]
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": "0"}, "assemblyai.max_concurrent_jobs"),
+        ({"TRANSCRIBED_WATCH__SETTLE_S": "soon"}, "watch.settle_s"),
+        ({"TRANSCRIBED_BACKEND": "cloud"}, "backend"),
+        ({"TRANSCRIBED_OUTPUT__FORMATS": "txt,docx"}, "output.formats"),
+        ({"TRANSCRIBED_INBOXX": "x"}, "inboxx: unknown key"),
+        ({"TRANSCRIBED_ASSEMBLYAI__BASE_URL": "api.assemblyai.com"}, "assemblyai.base_url"),
+        ({"TRANSCRIBED_OUTBOX": "inbox/out"}, "must not be inside the inbox"),
+        ({"TRANSCRIBED_TRANSCRIPTION__AUDIO_URL": "x"}, "audio_url"),
+    ],
+)
+def test_invalid_values_give_one_line_naming_the_key(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("inbox = \n")
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        load_settings(config, {})
+
+
+def test_cli_exits_2_on_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["status", "--set", "watch.settle_s=-1"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert "watch.settle_s" in err
+    assert err.count("\n") == 1

@@ -98,7 +98,7 @@ class AssemblyAISettings(_Section):
 class LocalSettings(_Section):
     model: str = "tiny.en"
     compute_type: str = "int8"
-    beam_size: int = Field(1, ge=1, le=20)
+    beam_size: int = Field(5, ge=1, le=20)
     language: str | None = "en"
     workers: int = Field(2, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1, le=64)

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_moved = 0;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
-CREATE INDEX IF NOT EXISTS jobs_output_base ON jobs(output_base);
+CREATE INDEX IF NOT EXISTS jobs_output_base ON jobs(output_base COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -256,18 +256,14 @@ class Journal:
         ).fetchall()
         return [JobRow(**dict(r)) for r in rows]
 
-    def output_base_taken(self, base: str, job_id: int) -> bool:
+    def find_same_content(self, sha256: str, backend: str, job_id: int) -> JobRow | None:
+        """Another job with these bytes: one whose transcript can be reused (preferred), or one
+        still uploading them, which this job should wait for rather than pay again."""
         row = self.db.execute(
-            "SELECT 1 FROM jobs WHERE output_base = ? AND id != ? LIMIT 1", (base, job_id)
-        ).fetchone()
-        return row is not None
-
-    def find_reusable(self, sha256: str, backend: str, job_id: int) -> JobRow | None:
-        """An earlier job with the same content whose remote transcript can be reused."""
-        row = self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE sha256 = ? AND backend = ? AND id != ? "  # noqa: S608
-            "AND transcript_id IS NOT NULL AND state IN ('submitted', 'completed', 'archived') "
-            "ORDER BY (state = 'archived') DESC, id DESC LIMIT 1",
+            f"SELECT {_COLUMNS} FROM jobs WHERE sha256 = ? AND backend = ? AND id != ? AND ("  # noqa: S608
+            "(transcript_id IS NOT NULL AND state IN ('submitted', 'completed', 'archived')) "
+            "OR (state = 'uploading' AND source_moved = 0)) "
+            "ORDER BY (transcript_id IS NOT NULL) DESC, (state = 'archived') DESC, id DESC LIMIT 1",
             (sha256, backend, job_id),
         ).fetchone()
         return JobRow(**dict(row)) if row else None
@@ -325,8 +321,10 @@ class Journal:
             if row is not None and row[0]:
                 return str(row[0])
             for base in candidates:
+                # NOCASE: on a case-insensitive share "Talk" and "talk" are one file.
                 taken = db.execute(
-                    "SELECT 1 FROM jobs WHERE output_base = ? AND id != ? LIMIT 1", (base, job_id)
+                    "SELECT 1 FROM jobs WHERE output_base = ? COLLATE NOCASE AND id != ? LIMIT 1",
+                    (base, job_id),
                 ).fetchone()
                 if taken is None and not exists(base):
                     db.execute(

@@ -21,7 +21,7 @@ import aiofiles
 
 from transcribed.backends import Result
 from transcribed.errors import LocalIOError
-from transcribed.paths import TEMP_PREFIX, numbered
+from transcribed.paths import TEMP_PREFIX, numbered, report_path
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -35,7 +35,7 @@ def _fsync_dir(folder: Path) -> None:
 async def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file, or all of the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{path.name}"[:255])
+    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}"[:255])
     try:
         async with aiofiles.open(tmp, "wb") as handle:
             await handle.write(data)
@@ -64,7 +64,7 @@ def move_file(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{dst.name}"[:255])
+        tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}")
         try:
             shutil.copyfile(src, tmp)
             with tmp.open("rb") as handle:
@@ -116,7 +116,7 @@ class Outputs:
             final = await self._move(source, self.failed, rel_path)
         body = json.dumps(report, ensure_ascii=False, indent=2).encode() + b"\n"
         try:
-            await write_atomic(self.failed / f"{final}.error.json", body)
+            await write_atomic(self.failed / report_path(final), body)
         except OSError as exc:
             raise LocalIOError(f"cannot write an error report in {self.failed}: {exc}") from exc
         return final
@@ -124,7 +124,7 @@ class Outputs:
     async def _move(self, source: Path, root: Path, rel_path: str) -> str:
         final = rel_path
         n = 1
-        while (root / final).exists() or (root / f"{final}.error.json").exists():
+        while (root / final).exists() or (root / report_path(final)).exists():
             n += 1
             final = numbered(rel_path, n)
         try:

@@ -7,6 +7,7 @@ Pure functions over paths and names: no I/O here except :func:`safe_lstat` and
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -15,6 +16,35 @@ from pathlib import Path, PurePosixPath
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".temp", ".swp")
 #: Prefix of the temp files this daemon writes; always a dotfile, so it is never taken as input.
 TEMP_PREFIX = ".transcribed-tmp-"
+#: Longest file name (bytes) on the file systems we write to.
+NAME_MAX = 255
+#: The longest suffix added to an output base (".json").
+OUTPUT_SUFFIX_BYTES = 5
+REPORT_SUFFIX = ".error.json"
+
+
+def fit_name(name: str, extra_bytes: int) -> str:
+    """``name``, shortened if ``name`` + ``extra_bytes`` would pass NAME_MAX.
+
+    A shortened name keeps its start and ends with a hash of the whole name, so two long
+    names that share a prefix still map to different names.
+    """
+    raw = name.encode()
+    if len(raw) + extra_bytes <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    room = NAME_MAX - extra_bytes - len(digest) - 1
+    return f"{raw[:room].decode('utf-8', errors='ignore')}~{digest}"
+
+
+def _fit_last(rel: PurePosixPath, extra_bytes: int) -> str:
+    return rel.with_name(fit_name(rel.name, extra_bytes)).as_posix()
+
+
+def report_path(rel_path: str) -> str:
+    """Where the error report of a source at ``rel_path`` in failed/ goes."""
+    rel = PurePosixPath(rel_path)
+    return _fit_last(rel, len(REPORT_SUFFIX)) + REPORT_SUFFIX
 
 
 def is_candidate_name(rel_path: str, patterns: Sequence[str]) -> bool:
@@ -64,12 +94,13 @@ def output_base_candidates(rel_path: str) -> list[str]:
     """
     rel = PurePosixPath(rel_path)
     stem = rel.with_suffix("") if rel.suffix else rel
-    bases = [stem.as_posix(), rel.as_posix()]
-    bases.extend(f"{stem.as_posix()} ({n})" for n in range(2, 1000))
+    names = [stem.name, rel.name, *(f"{stem.name} ({n})" for n in range(2, 1000))]
+    bases = [rel.with_name(fit_name(name, OUTPUT_SUFFIX_BYTES)).as_posix() for name in names]
     return list(dict.fromkeys(bases))
 
 
 def numbered(rel_path: str, n: int) -> str:
     """``a/b.mp3`` -> ``a/b (n).mp3``: a free name for a source moved into done/ or failed/."""
     rel = PurePosixPath(rel_path)
-    return rel.with_name(f"{rel.stem} ({n}){rel.suffix}").as_posix()
+    stem = fit_name(rel.stem, len(f" ({n})") + len(rel.suffix.encode()))
+    return rel.with_name(f"{stem} ({n}){rel.suffix}").as_posix()

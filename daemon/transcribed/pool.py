@@ -31,6 +31,8 @@ log = get_logger("transcribed.pool")
 SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling", "retry_wait"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
+#: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
+REMOTE_BACKENDS = frozenset({"assemblyai"})
 
 
 @dataclass
@@ -215,6 +217,14 @@ class Pool:
                 self._metrics.audio_seconds.inc(result.audio_duration_s)
             await self._archive(self._journal.get(row.id), source, started)
         except PermanentError as exc:
+            current = self._journal.get(row.id)
+            if current.reused_from is not None and exc.status == 404:
+                # The transcript we meant to reuse is gone (deleted): pay for this one after all.
+                log.warning("duplicate_transcript_gone", transcript_id=current.transcript_id)
+                self._journal.set_state(
+                    row.id, "uploading", transcript_id=None, reused_from=None, submitted_at=None
+                )
+                return
             await self._fail(row, source, str(exc), exc.status, exc.transcript_id, started)
         except (AuthError, ConfigError) as exc:
             self.fatal = exc
@@ -246,36 +256,59 @@ class Pool:
             raise PermanentError("the source file left the inbox while it was being processed")
         sha256 = row.sha256
         if row.state == "discovered":
-            self._phases[row.id] = "hashing"
-            try:
-                sha256 = await asyncio.to_thread(_sha256, source)
-            except OSError as exc:
-                raise PermanentError(f"cannot read the source: {exc.strerror}") from exc
-            after = safe_lstat(source)
-            if after is None or (after.st_size, after.st_mtime_ns) != (
-                info.st_size,
-                info.st_mtime_ns,
-            ):
-                # Still being written: look again once it has been quiet for a while.
-                self._journal.update(
-                    row.id,
-                    size=after.st_size if after else row.size,
-                    mtime_ns=after.st_mtime_ns if after else row.mtime_ns,
-                    next_attempt_at=time.time() + self._settle_s,
-                )
-                return None
+            unchanged = (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
+            if sha256 is None or not unchanged:
+                self._phases[row.id] = "hashing"
+                try:
+                    sha256 = await asyncio.to_thread(_sha256, source)
+                except OSError as exc:
+                    raise PermanentError(f"cannot read the source: {exc.strerror}") from exc
+                after = safe_lstat(source)
+                if after is None or (after.st_size, after.st_mtime_ns) != (
+                    info.st_size,
+                    info.st_mtime_ns,
+                ):
+                    # Still being written: look again once it has been quiet for a while.
+                    self._journal.update(
+                        row.id,
+                        size=after.st_size if after else row.size,
+                        mtime_ns=after.st_mtime_ns if after else row.mtime_ns,
+                        next_attempt_at=time.time() + self._settle_s,
+                    )
+                    return None
             if info.st_size == 0:
                 raise PermanentError("the file is empty")
-            self._journal.set_state(
-                row.id,
-                "uploading",
-                sha256=sha256,
-                size=info.st_size,
-                mtime_ns=info.st_mtime_ns,
-                backend=self._backend.name,
-                attempts=row.attempts + 1,
-                upload_started_at=time.time(),
-            )
+            facts = {
+                "sha256": sha256,
+                "size": info.st_size,
+                "mtime_ns": info.st_mtime_ns,
+                "backend": self._backend.name,
+            }
+            if self._dedupe and self._backend.name in REMOTE_BACKENDS:
+                other = self._journal.find_same_content(sha256, self._backend.name, row.id)
+                if other is not None and other.transcript_id is None:
+                    # The same bytes are being uploaded by another job: wait for its transcript.
+                    self._journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
+                    return None
+                if other is not None:
+                    log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
+                    self.stats.reused += 1
+                    self._journal.set_state(
+                        row.id,
+                        "submitted",
+                        **facts,
+                        transcript_id=other.transcript_id,
+                        submitted_at=other.submitted_at,
+                        reused_from=other.id,
+                    )
+            if self._journal.get(row.id).reused_from is None:
+                self._journal.set_state(
+                    row.id,
+                    "uploading",
+                    **facts,
+                    attempts=row.attempts + 1,
+                    upload_started_at=time.time(),
+                )
             row = self._journal.get(row.id)
             self._reserve(row)
         return Job(

@@ -13,10 +13,9 @@ from pathlib import Path
 from transcribed.config import Settings
 from transcribed.logs import get_logger
 from transcribed.outputs import move_file
-from transcribed.paths import numbered
+from transcribed.paths import REPORT_SUFFIX, numbered, report_path
 
 log = get_logger("transcribed.retry")
-REPORT_SUFFIX = ".error.json"
 
 
 def _failed_sources(failed: Path) -> list[str]:
@@ -57,7 +56,7 @@ def retry_failed(settings: Settings, paths: Sequence[str]) -> int:
             n += 1
             target = numbered(rel, n)
         move_file(source, inbox / target)
-        (failed / f"{rel}{REPORT_SUFFIX}").unlink(missing_ok=True)
+        (failed / report_path(rel)).unlink(missing_ok=True)
         log.info("file_requeued", path=rel, inbox_path=target)
         moved += 1
     print(f"requeued {moved} file(s)" + (f", {missing} not found" if missing else ""))

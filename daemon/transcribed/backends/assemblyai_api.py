@@ -35,6 +35,8 @@ CHUNK_BYTES = 1 << 20
 #: The slowest upload we wait for before calling a connection stalled.
 MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 USER_AGENT = "transcribed/0.1 (+aiohttp)"
+#: Transient failures with no success in between for this long make the client "degraded".
+DEGRADED_AFTER_S = 30.0
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -55,9 +57,13 @@ class AssemblyAIClient:
         self._key = settings.api_key.get_secret_value()
         self._metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
-        self._limiter = AsyncLimiter(settings.requests_per_s, 1.0)
+        # A bucket a tenth of a second deep: bursts stay small, so no whole second ever
+        # sees much more than the budget.
+        self._limiter = AsyncLimiter(max(1.0, settings.requests_per_s / 10), 0.1)
         self._pause_until = 0.0
         self.requests_sent = 0
+        self._failing_since: float | None = None
+        self.degraded = False
 
     async def __aenter__(self) -> AssemblyAIClient:
         s = self._settings
@@ -113,12 +119,32 @@ class AssemblyAIClient:
             async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
                 status = str(response.status)
                 body = await response.read()
-                return self._interpret(response.status, response.headers, body, expect)
+                answer = self._interpret(response.status, response.headers, body, expect)
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = "timeout" if isinstance(exc, TimeoutError) else "network"
+            self._note_failure()
             raise TransientError(f"{method} {endpoint}: {type(exc).__name__}: {exc}") from exc
+        except TransientError:
+            self._note_failure()
+            raise
         finally:
             self._metrics.api_requests.labels(endpoint=endpoint, status=status).inc()
+        self._note_success()
+        return answer
+
+    def _note_failure(self) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif not self.degraded and now - self._failing_since >= DEGRADED_AFTER_S:
+            self.degraded = True
+            log.warning("api_degraded", failing_for_s=round(now - self._failing_since, 1))
+
+    def _note_success(self) -> None:
+        if self.degraded:
+            log.info("api_recovered")
+        self.degraded = False
+        self._failing_since = None
 
     def _interpret(self, status: int, headers: Any, body: bytes, expect: str) -> Any:
         if 200 <= status < 300:
@@ -216,11 +242,35 @@ class AssemblyAIClient:
 
         return await self._retrying("upload", attempt)
 
-    async def submit(self, params: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._call("POST", "/v2/transcript", "submit", json=params)
-        if not isinstance(answer.get("id"), str):
-            raise TransientError("submit answer has no transcript id")
-        return answer
+    async def submit(self, params: dict[str, Any]) -> str:
+        """Create a transcript; returns its id. Never creates two for one call.
+
+        A submit is not idempotent: when an attempt fails in a way that leaves its effect
+        unknown (a timeout, a dropped connection, a 5xx), the account's transcript list is
+        checked for the upload URL before trying again.
+        """
+        audio_url = str(params["audio_url"])
+        started = time.time()
+
+        async def attempt() -> str:
+            answer = await self._once("POST", "/v2/transcript", "submit", json=params)
+            if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+                raise PermanentError("the API's answer to a submit has no transcript id")
+            return str(answer["id"])
+
+        first = True
+
+        async def attempt_or_recover() -> str:
+            nonlocal first
+            if not first:
+                found = await self.find_by_audio_url(audio_url, started)
+                if found is not None:
+                    log.info("submit_recovered", transcript_id=found)
+                    return found
+            first = False
+            return await attempt()
+
+        return await self._retrying("submit", attempt_or_recover)
 
     async def get(self, transcript_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = await self._call("GET", f"/v2/transcript/{transcript_id}", "poll")

@@ -116,7 +116,9 @@ class AssemblyAIClient:
         url = f"{self._settings.base_url}{path}"
         status = "error"
         try:
-            async with self.session.request(method, url, timeout=timeout, **kwargs) as response:
+            if timeout is not None:  # None would mean "no timeout at all" to aiohttp
+                kwargs["timeout"] = timeout
+            async with self.session.request(method, url, **kwargs) as response:
                 status = str(response.status)
                 body = await response.read()
                 answer = self._interpret(response.status, response.headers, body, expect)

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     upload_url TEXT,
     transcript_id TEXT,
     output_base TEXT,
+    output_key TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     error_status INTEGER,
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_moved = 0;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
-CREATE INDEX IF NOT EXISTS jobs_output_base ON jobs(output_base COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS jobs_output_key ON jobs(output_key);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -76,6 +77,7 @@ class JobRow:
     upload_url: str | None
     transcript_id: str | None
     output_base: str | None
+    output_key: str | None
     attempts: int
     last_error: str | None
     error_status: int | None
@@ -321,15 +323,16 @@ class Journal:
             if row is not None and row[0]:
                 return str(row[0])
             for base in candidates:
-                # NOCASE: on a case-insensitive share "Talk" and "talk" are one file.
+                # Compared case-folded: on a case-insensitive share "Talk" and "talk" are one.
+                key = base.casefold()
                 taken = db.execute(
-                    "SELECT 1 FROM jobs WHERE output_base = ? COLLATE NOCASE AND id != ? LIMIT 1",
-                    (base, job_id),
+                    "SELECT 1 FROM jobs WHERE output_key = ? AND id != ? LIMIT 1", (key, job_id)
                 ).fetchone()
                 if taken is None and not exists(base):
                     db.execute(
-                        "UPDATE jobs SET output_base = ?, updated_at = ? WHERE id = ?",
-                        (base, time.time(), job_id),
+                        "UPDATE jobs SET output_base = ?, output_key = ?, updated_at = ? "
+                        "WHERE id = ?",
+                        (base, key, time.time(), job_id),
                     )
                     return base
         raise RuntimeError(f"no free output name for job {job_id}")

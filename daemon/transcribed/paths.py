@@ -93,8 +93,8 @@ def output_base_candidates(rel_path: str) -> list[str]:
     ``a.wav.txt``), then numbered ``talks/a (2)``, ``talks/a (3)``, ...
     """
     rel = PurePosixPath(rel_path)
-    stem = rel.with_suffix("") if rel.suffix else rel
-    names = [stem.name, rel.name, *(f"{stem.name} ({n})" for n in range(2, 1000))]
+    stem = rel.stem if rel.suffix and rel.stem not in ("", ".", "..") else rel.name
+    names = [stem, rel.name, *(f"{stem} ({n})" for n in range(2, 1000))]
     bases = [rel.with_name(fit_name(name, OUTPUT_SUFFIX_BYTES)).as_posix() for name in names]
     return list(dict.fromkeys(bases))
 

@@ -365,6 +365,7 @@ class Pool:
             last_error=reason,
             error_status=status,
             output_base=None,
+            output_key=None,
             transcript_id=transcript_id or self._journal.get(row.id).transcript_id,
         )
         await self._finish_failure(self._journal.get(row.id), source, started)

@@ -67,6 +67,8 @@ class _Checkpoints:
 
     def phase(self, name: str) -> None:
         self._phases[self._id] = name
+        if name == "uploading":  # when the bytes start to flow, not when the job queued for it
+            self._journal.update(self._id, upload_started_at=time.time())
 
 
 def _sha256(path: Path) -> str:
@@ -307,7 +309,6 @@ class Pool:
                     "uploading",
                     **facts,
                     attempts=row.attempts + 1,
-                    upload_started_at=time.time(),
                 )
             row = self._journal.get(row.id)
             self._reserve(row)

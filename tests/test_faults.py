@@ -152,6 +152,7 @@ def settings_for_backend(fake: FakeAssemblyAI) -> Settings:
             "assemblyai.base_url": fake.base_url,
             "assemblyai.api_key": API_KEY,
             "assemblyai.poll_min_s": 0.05,
+            "assemblyai.poll_max_s": 0.5,
             "assemblyai.retry_max_backoff_s": 0.5,
         },
     )

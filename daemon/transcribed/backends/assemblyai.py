@@ -8,12 +8,14 @@ recorded is first looked up in the account's transcript list, so it is never pai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from transcribed.backends import Checkpoints, Job, Result
 from transcribed.backends.assemblyai_api import AssemblyAIClient
+from transcribed.backends.assemblyai_status import StatusTracker, audio_duration_s
 from transcribed.config import AssemblyAISettings
 from transcribed.errors import PermanentError, TransientError, UploadExpiredError
 from transcribed.logs import get_logger
@@ -25,6 +27,8 @@ SUBTITLE_FORMATS = ("srt", "vtt")
 POLL_SHARE = 0.5
 #: How often a stuck job (queued or processing past ``stuck_after_s``) is still polled.
 STUCK_POLL_S = 300.0
+#: The header the service sends back with each webhook, holding this daemon's secret.
+WEBHOOK_HEADER = "X-Transcribed-Webhook-Secret"
 
 
 class AssemblyAIBackend:
@@ -36,15 +40,25 @@ class AssemblyAIBackend:
         transcription: dict[str, Any],
         formats: Sequence[str],
         metrics: Metrics | None = None,
+        *,
+        webhook_secret: str | None = None,
     ) -> None:
         self.settings = settings
         self.max_concurrency = settings.max_concurrent_jobs
         self._params = dict(transcription)
+        if settings.webhook_url and webhook_secret:
+            self._params |= {
+                "webhook_url": settings.webhook_url,
+                "webhook_auth_header_name": WEBHOOK_HEADER,
+                "webhook_auth_header_value": webhook_secret,
+            }
         self._subtitles = [fmt for fmt in formats if fmt in SUBTITLE_FORMATS]
         self._metrics = metrics or Metrics()
         self._client: AssemblyAIClient | None = None
         self._uploads: asyncio.Semaphore | None = None
         self._polling = 0
+        self._tracker: StatusTracker | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.key_checked = False
 
     @property
@@ -53,9 +67,23 @@ class AssemblyAIBackend:
             raise RuntimeError("backend is not started")
         return self._client
 
+    @property
+    def tracker(self) -> StatusTracker:
+        if self._tracker is None:
+            raise RuntimeError("backend is not started")
+        return self._tracker
+
+    @property
+    def degraded(self) -> bool:
+        return self._client is not None and self._client.degraded
+
     async def start(self) -> None:
         self._uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)
         self._client = await AssemblyAIClient(self.settings, self._metrics).__aenter__()
+        self._tracker = StatusTracker(
+            self._client, self.settings, webhooks="webhook_url" in self._params
+        )
+        self._sweeper = asyncio.create_task(self._tracker.run(), name="status-sweeper")
         try:
             # One attempt only: a rejected key must stop start-up (AuthError), but an
             # unreachable API must not; jobs retry on their own until it is back.
@@ -65,12 +93,18 @@ class AssemblyAIBackend:
             log.warning("api_unreachable_at_start", error=str(exc))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
 
     async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
         transcript_id, upload_url = job.transcript_id, job.upload_url
+        duration_s = await asyncio.to_thread(audio_duration_s, job.path)
         if transcript_id is None:
             transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
         transcript = await self._poll(
@@ -79,6 +113,7 @@ class AssemblyAIBackend:
             checkpoints,
             fresh=job.transcript_id is None,
             submitted_at=job.submitted_at or time.time(),
+            duration_s=duration_s,
         )
         transcript_id = str(transcript["id"])
         subtitles = {
@@ -123,15 +158,11 @@ class AssemblyAIBackend:
             return transcript_id, upload_url
         raise PermanentError("the API keeps refusing fresh uploads of this file (403)")
 
-    def _poll_interval(self, waited_s: float) -> float:
-        """Poll often at first, then less; never more than the request budget allows.
-
-        Polls of all jobs together may use ``POLL_SHARE`` of ``requests_per_s``, so the
-        interval grows with the number of jobs being polled instead of flooding the API.
-        """
-        s = self.settings
-        own = min(s.poll_max_s, max(s.poll_min_s, waited_s * 0.25))
-        return max(own, self._polling / (s.requests_per_s * POLL_SHARE))
+    def _fallback_wait_s(self, waited_s: float) -> float:
+        """A job's own poll interval: long while sweeps or webhooks report for it, and never
+        more often than its share of the request budget allows."""
+        own = self.tracker.fallback_interval_s(waited_s)
+        return max(own, self._polling / (self.settings.requests_per_s * POLL_SHARE))
 
     async def _poll(
         self,
@@ -141,20 +172,31 @@ class AssemblyAIBackend:
         *,
         fresh: bool,
         submitted_at: float,
+        duration_s: float | None,
     ) -> dict[str, Any]:
         s = self.settings
-        delay = s.poll_min_s if fresh else 0.0
+        tracker = self.tracker
         started = time.monotonic()
+        look_now = not fresh  # resumed after a restart: it may have finished meanwhile
         stuck_reported = resubmitted = False
+        finished = tracker.watch(transcript_id, submitted_at, tracker.expected_s(duration_s))
         self._polling += 1
         try:
             while True:
                 checkpoints.phase("polling")
-                if delay:
-                    await asyncio.sleep(delay)
+                if not look_now:
+                    wait_s = self._fallback_wait_s(time.monotonic() - started)
+                    if stuck_reported:
+                        wait_s = max(wait_s, STUCK_POLL_S)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(finished.wait(), wait_s)
+                look_now = False
+                finished.clear()
                 transcript = await self._fetch(transcript_id)
                 status = transcript.get("status")
                 if status == "completed":
+                    if fresh:
+                        tracker.observe(duration_s, time.time() - submitted_at)
                     return transcript
                 if status == "error":
                     raise PermanentError(
@@ -163,7 +205,6 @@ class AssemblyAIBackend:
                     )
                 age_s = time.time() - submitted_at
                 if age_s < s.stuck_after_s:
-                    delay = self._poll_interval(time.monotonic() - started)
                     continue
                 if not stuck_reported:
                     stuck_reported = True
@@ -174,16 +215,15 @@ class AssemblyAIBackend:
                     resubmitted = True
                     checkpoints.phase("submitting")
                     checkpoints.submitting()
-                    transcript_id = await self.client.submit(
-                        {**self._params, "audio_url": upload_url}
-                    )
-                    checkpoints.submitted(transcript_id)
-                    log.warning("job_resubmitted", transcript_id=transcript_id)
-                    submitted_at, started, stuck_reported = time.time(), time.monotonic(), False
-                    delay = s.poll_min_s
-                    continue
-                delay = max(STUCK_POLL_S, self._poll_interval(time.monotonic() - started))
+                    new_id = await self.client.submit({**self._params, "audio_url": upload_url})
+                    checkpoints.submitted(new_id)
+                    log.warning("job_resubmitted", transcript_id=new_id, previous=transcript_id)
+                    tracker.forget(transcript_id)
+                    transcript_id, submitted_at = new_id, time.time()
+                    finished = tracker.watch(new_id, submitted_at, tracker.expected_s(duration_s))
+                    started, stuck_reported = time.monotonic(), False
         finally:
+            tracker.forget(transcript_id)
             self._polling -= 1
 
     async def _fetch(self, transcript_id: str) -> dict[str, Any]:

@@ -299,7 +299,7 @@ class AssemblyAIClient:
             for item in items:
                 if item.get("audio_url") == audio_url:
                     return str(item["id"])
-            if not items or _created_epoch(items[-1].get("created")) < since - 300:
+            if not items or created_epoch(items[-1].get("created")) < since - 300:
                 return None
             before = str(items[-1]["id"])
         return None
@@ -332,7 +332,8 @@ def _error_message(body: bytes) -> str:
     return ""
 
 
-def _created_epoch(value: Any) -> float:
+def created_epoch(value: Any) -> float:
+    """A list item's ``created`` (ISO 8601, UTC when no zone is given) as epoch seconds."""
     if not isinstance(value, str):
         return 0.0
     try:

@@ -1,0 +1,174 @@
+"""Knowing when transcripts finish, with as few requests as possible.
+
+Jobs waiting for a transcript register here and wait on an event. Three things set it:
+
+- a **sweep** of the account's transcript list, newest first: one request reports the status
+  of up to 200 transcripts, so it replaces one poll per job. Its interval adapts: sparse while
+  no job is expected to be done, every ``SWEEP_MIN_S`` once one is due;
+- a **webhook** notification (:meth:`StatusTracker.notify`), when webhook mode is on;
+- the job's own fallback poll, at a low rate, for anything the other two miss.
+
+When a job's transcript is seen finished, the job fetches it once. Expected processing time
+comes from the audio duration (read from the file's header) and is corrected by what the
+service actually took for earlier jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transcribed.backends.assemblyai_api import AssemblyAIClient, created_epoch
+from transcribed.config import AssemblyAISettings
+from transcribed.errors import PermanentError, TransientError
+from transcribed.logs import get_logger
+
+log = get_logger("transcribed.status")
+
+SWEEP_MIN_S = 0.5
+LIST_PAGE = 200
+MAX_PAGES = 10
+#: How far before the oldest watched job the sweep keeps paging (clock skew, slow creates).
+CREATED_MARGIN_S = 60.0
+#: A first guess of processing time: a fixed part plus a share of the audio's length.
+PRIOR_BASE_S = 3.0
+PRIOR_RATIO = 0.1
+LEARN_WEIGHT = 0.3
+FINISHED = frozenset({"completed", "error"})
+
+
+def audio_duration_s(path: Path) -> float | None:
+    """The audio's length from its header (blocking; run it in a thread). None if unknown."""
+    try:
+        import mutagen
+
+        info = mutagen.File(path)
+    except Exception:  # noqa: BLE001 - any parse failure just means "unknown"
+        return None
+    length = getattr(getattr(info, "info", None), "length", None)
+    return float(length) if isinstance(length, int | float) and length > 0 else None
+
+
+@dataclass
+class _Watch:
+    submitted_at: float
+    expected_s: float
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    status: str | None = None
+
+
+class StatusTracker:
+    def __init__(
+        self, client: AssemblyAIClient, settings: AssemblyAISettings, *, webhooks: bool = False
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self.webhooks = webhooks
+        self._watches: dict[str, _Watch] = {}
+        self._changed = asyncio.Event()
+        self._base_s = PRIOR_BASE_S
+        self.sweeping = not webhooks
+        self.sweeps = 0
+
+    # -- expectations ----------------------------------------------------------------------
+    def expected_s(self, duration_s: float | None) -> float:
+        return self._base_s + PRIOR_RATIO * (duration_s or 0.0)
+
+    def observe(self, duration_s: float | None, took_s: float) -> None:
+        """Learn from a finished job how long the service takes beyond the audio share."""
+        base = max(0.5, took_s - PRIOR_RATIO * (duration_s or 0.0))
+        self._base_s += LEARN_WEIGHT * (base - self._base_s)
+
+    # -- registration ----------------------------------------------------------------------
+    def watch(self, transcript_id: str, submitted_at: float, expected_s: float) -> asyncio.Event:
+        entry = self._watches.get(transcript_id)
+        if entry is None:
+            entry = _Watch(submitted_at, expected_s)
+            self._watches[transcript_id] = entry
+            self._changed.set()
+        return entry.event
+
+    def forget(self, transcript_id: str) -> None:
+        self._watches.pop(transcript_id, None)
+
+    def knows(self, transcript_id: str) -> bool:
+        return transcript_id in self._watches
+
+    def notify(self, transcript_id: str, status: str) -> bool:
+        """A webhook or a sweep saw ``status``; wakes the waiting job. False if not ours."""
+        entry = self._watches.get(transcript_id)
+        if entry is None:
+            return False
+        entry.status = status
+        if status in FINISHED:
+            entry.event.set()
+        return True
+
+    def fallback_interval_s(self, waited_s: float) -> float:
+        """How long a job waits for a sweep or webhook before polling on its own."""
+        s = self._settings
+        if self.webhooks or self.sweeping:
+            return max(s.poll_max_s, 3 * SWEEP_MIN_S)
+        return min(s.poll_max_s, max(s.poll_min_s, waited_s * 0.25))
+
+    # -- the sweep loop --------------------------------------------------------------------
+    def _next_sweep_in_s(self, now: float) -> float:
+        due = min(w.submitted_at + w.expected_s for w in self._watches.values())
+        if self.webhooks:
+            return max(60.0, self._settings.poll_max_s)
+        return min(self._settings.poll_max_s, max(SWEEP_MIN_S, (due - now) / 2))
+
+    async def run(self) -> None:
+        """Sweep while jobs are waiting; sleep while none are."""
+        while True:
+            if not self._watches:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            await self._wait_for_next_sweep()
+            if not self._watches or not (self.sweeping or self.webhooks):
+                continue
+            try:
+                await self.sweep()
+            except TransientError as exc:
+                log.warning("status_sweep_failed", error=str(exc))
+            except PermanentError as exc:
+                log.warning("status_sweep_disabled", error=str(exc))
+                self.sweeping = False  # the list endpoint is not usable: poll per job
+
+    async def _wait_for_next_sweep(self) -> None:
+        """Sleep until the planned sweep; a newly registered job can only bring it forward."""
+        deadline = time.monotonic() + self._next_sweep_in_s(time.time())
+        while self._watches:
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+            if self._watches:
+                sooner = time.monotonic() + self._next_sweep_in_s(time.time())
+                deadline = min(deadline, sooner)
+
+    async def sweep(self) -> None:
+        """One pass over the newest transcripts, back to the oldest job we wait for."""
+        if not self._watches:
+            return
+        oldest = min(w.submitted_at for w in self._watches.values()) - CREATED_MARGIN_S
+        before: str | None = None
+        self.sweeps += 1
+        for _ in range(MAX_PAGES):
+            params = {"limit": str(LIST_PAGE)} | ({"before_id": before} if before else {})
+            page: dict[str, Any] = await self._client.list_transcripts(**params)
+            items = page.get("transcripts") or []
+            for item in items:
+                if item.get("status") in FINISHED:
+                    self.notify(str(item.get("id")), str(item["status"]))
+            if len(items) < LIST_PAGE or created_epoch(items[-1].get("created")) < oldest:
+                return
+            before = str(items[-1]["id"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_move
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_output_key ON jobs(output_key);
+CREATE INDEX IF NOT EXISTS jobs_transcript_id ON jobs(transcript_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -269,6 +271,24 @@ class Journal:
             (sha256, backend, job_id),
         ).fetchone()
         return JobRow(**dict(row)) if row else None
+
+    def has_transcript(self, transcript_id: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM jobs WHERE transcript_id = ? LIMIT 1", (transcript_id,)
+        ).fetchone()
+        return row is not None
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the journal, made on first use (e.g. for webhooks), so
+        that notifications for jobs submitted before a restart are still accepted."""
+        key = f"secret:{name}"
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            value = secrets.token_urlsafe(32)
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, value))
+            return value
 
     def failed_rows(self) -> list[JobRow]:
         rows = self.db.execute(

@@ -48,6 +48,7 @@ class Watcher:
         self._on_new = on_new
         self._candidates: dict[str, _Candidate] = {}
         self._changed = asyncio.Event()
+        self._scans: set[asyncio.Task[None]] = set()
         self.running = False
 
     @property
@@ -101,7 +102,10 @@ class Watcher:
                 and not path.is_symlink()
                 and not any(part.startswith(".") for part in Path(rel).parts)
             ):
-                asyncio.get_running_loop().create_task(self.scan(path))
+                # A folder moved in brings files that get no events of their own.
+                task = asyncio.get_running_loop().create_task(self.scan(path))
+                self._scans.add(task)
+                task.add_done_callback(self._scans.discard)
             return
         if is_candidate_name(rel, self.settings.patterns):
             self._note(rel, info, time.monotonic())

@@ -78,7 +78,7 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
         print(f"transcribed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "run":
-        return _run(settings, once=args.once)
+        return _run(settings, once=args.once, environ=environ)
     if args.command == "status":
         return _status(settings, as_json=args.json, limit=args.limit)
     if args.command == "retry":
@@ -89,13 +89,16 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
     raise AssertionError(args.command)  # pragma: no cover
 
 
-def _run(settings: Settings, *, once: bool) -> int:
+def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
     from transcribed.service import Service
+    from transcribed.systemd import Notifier
 
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    notifier = Notifier.from_environ(environ)  # $NOTIFY_SOCKET and $WATCHDOG_USEC under systemd
+    progress = once and sys.stdout.isatty()
 
     async def main() -> int:
-        return await Service(settings, once=once).run()
+        return await Service(settings, once=once, notifier=notifier, progress=progress).run()
 
     return asyncio.run(main())
 

@@ -315,10 +315,16 @@ def load_settings(
 
 
 def _credential_key(environ: Mapping[str, str]) -> str | None:
+    """The key from a systemd credential (``LoadCredential=assemblyai_api_key:...``)."""
     credentials = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
-        return _read_secret_file(Path(credentials) / CREDENTIAL_NAME)
-    return None
+    if not credentials:
+        return None
+    path = Path(credentials) / CREDENTIAL_NAME
+    try:
+        present = path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the credential {path}: {exc.strerror}") from exc
+    return _read_secret_file(path) if present else None
 
 
 def parse_set_option(text: str) -> tuple[str, Any]:

@@ -17,12 +17,15 @@ from typing import Any
 from transcribed.backends import Backend
 from transcribed.config import Settings
 from transcribed.errors import AuthError, ConfigError
+from transcribed.http import HttpServer
 from transcribed.journal import Journal
 from transcribed.logs import get_logger, register_secret
 from transcribed.metrics import Metrics
 from transcribed.outputs import Outputs
 from transcribed.paths import TEMP_PREFIX
 from transcribed.pool import Pool
+from transcribed.progress import Counts, ProgressDisplay
+from transcribed.systemd import Notifier
 from transcribed.watcher import Watcher
 
 log = get_logger("transcribed.service")
@@ -84,11 +87,25 @@ def make_backend(settings: Settings, metrics: Metrics) -> Backend:
 
 
 class Service:
-    """One daemon run. ``await Service(settings).run()`` returns the process exit code."""
+    """One daemon run. ``await Service(settings).run()`` returns the process exit code.
 
-    def __init__(self, settings: Settings, *, once: bool = False) -> None:
+    ``notifier`` speaks systemd's notify protocol (a no-op by default); ``progress`` shows a live
+    display on the terminal (``--once`` only).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        progress: bool = False,
+    ) -> None:
         self.settings = settings
         self.once = once
+        self.notifier = notifier or Notifier()
+        self.progress = progress and once
+        self.http: HttpServer | None = None
         self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.watcher_ready = asyncio.Event()
@@ -102,13 +119,81 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return bool(
-            self.journal is not None
-            and self.journal.is_open
-            and self.watcher is not None
-            and self.watcher.running
-            and self.backend_ready
+        return all(state == "ok" for state in self.readiness().values())
+
+    # -- health, metrics and status (http, systemd, progress) ------------------------------
+    def readiness(self) -> dict[str, str]:
+        """Each part /readyz checks: ``"ok"``, or what is wrong with it."""
+        journal_open = self.journal is not None and self.journal.is_open
+        watching = self.watcher is not None and self.watcher.running
+        if not self.backend_ready:
+            backend = "starting"
+        elif getattr(self.backend, "degraded", False):
+            backend = "degraded: the API has been failing"
+        else:
+            backend = "ok"
+        return {
+            "journal": "ok" if journal_open else "not open",
+            "watcher": "ok" if watching else ("stopping" if self.stop.is_set() else "not running"),
+            "backend": backend,
+        }
+
+    def counts(self) -> Counts:
+        """This run's outcomes and the work still waiting (for metrics, status and progress)."""
+        journal, pool, watcher = self.journal, self.pool, self.watcher
+        if journal is None or not journal.is_open:
+            return Counts()
+        in_flight = pool.in_flight if pool is not None else 0
+        waiting = max(0, journal.pending_count() - in_flight)
+        audio_s = self.metrics.registry.get_sample_value("transcribed_audio_seconds_total")
+        return Counts(
+            done=pool.stats.done if pool is not None else 0,
+            failed=pool.stats.failed if pool is not None else 0,
+            in_flight=in_flight,
+            waiting=waiting + (watcher.unsettled if watcher is not None else 0),
+            audio_s=audio_s or 0.0,
         )
+
+    def _refresh_metrics(self) -> None:
+        counts = self.counts()
+        self.metrics.jobs_in_flight.set(counts.in_flight)
+        self.metrics.queue_depth.set(counts.waiting)
+
+    def _status(self) -> str:
+        return f"{'processing' if self.once else 'watching'}: {self.counts().summary()}"
+
+    async def _start_http(self) -> None:
+        if not self.settings.http.enabled:
+            return
+        host, port = self.settings.http.host_port
+        self.http = HttpServer(host, port, self.metrics, self.readiness, self._refresh_metrics)
+        await self.http.start()
+
+    async def _announce_ready(self) -> None:
+        if not self.once:
+            await self.watcher_ready.wait()
+        log.info("daemon_ready")
+        self.notifier.ready(self._status())
+
+    def _start_extras(self) -> ProgressDisplay | None:
+        """Readiness notice, watchdog and status pings, and the progress display, as tasks."""
+        self._extra_tasks.append(asyncio.create_task(self._announce_ready()))
+        if self.notifier.enabled:
+            self._extra_tasks.append(asyncio.create_task(self.notifier.keepalive(self._status)))
+        if not self.progress:
+            return None
+        display = ProgressDisplay(self.counts)
+        display.start()
+        self._extra_tasks.append(asyncio.create_task(display.run()))
+        return display
+
+    async def _stop_extras(self, display: ProgressDisplay | None) -> None:
+        for task in self._extra_tasks:
+            task.cancel()
+        await asyncio.gather(*self._extra_tasks, return_exceptions=True)
+        self._extra_tasks.clear()
+        if display is not None:
+            display.close()
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -137,9 +222,15 @@ class Service:
             _remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
             with Journal(folders["state_dir"]) as journal:
                 self.journal = journal
-                return await self._run(journal, folders)
+                try:
+                    await self._start_http()
+                    return await self._run(journal, folders)
+                finally:
+                    if self.http is not None:
+                        await self.http.close()
         except (ConfigError, AuthError) as exc:
             log.error("startup_failed", error=str(exc))
+            self.notifier.status(f"startup failed: {exc}")
             return EXIT_CONFIG
 
     async def _run(self, journal: Journal, folders: dict[str, Path]) -> int:
@@ -148,6 +239,7 @@ class Service:
         self.backend = backend
         self._install_signals()
         try:
+            self.notifier.status(f"starting the {backend.name} backend")
             await backend.start()
             self.backend_ready = True
             outputs = Outputs(
@@ -186,6 +278,7 @@ class Service:
         work = asyncio.create_task(
             pool.run(self.stop, until_idle=intake_done if self.once else None)
         )
+        display = self._start_extras()
         log.info(
             "daemon_started",
             inbox=str(watcher.inbox),
@@ -196,9 +289,13 @@ class Service:
         await asyncio.wait([work, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         self.stop.set()
         stop_wait.cancel()
-        await asyncio.gather(intake, return_exceptions=True)
-        await work
-        cut = await pool.drain(self.settings.daemon.grace_s)
+        self.notifier.stopping(f"stopping: {pool.in_flight} in flight")
+        try:
+            await asyncio.gather(intake, return_exceptions=True)
+            await work
+            cut = await pool.drain(self.settings.daemon.grace_s)
+        finally:
+            await self._stop_extras(display)
         fatal = pool.fatal
         log.info(
             "daemon_stopped",

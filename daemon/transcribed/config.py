@@ -187,6 +187,14 @@ class Settings(_Section):
                 raise ValueError(f"{name} ({other}) must not be inside the inbox ({inbox})")
         return self
 
+    @model_validator(mode="after")
+    def _webhooks_need_a_receiver(self) -> Settings:
+        if self.assemblyai.webhook_url and not self.http.enabled:
+            raise ValueError(
+                "assemblyai.webhook_url needs http.listen: the webhook receiver is served there"
+            )
+        return self
+
     def resolved_backend(self) -> Literal["assemblyai", "local"]:
         """``auto`` means AssemblyAI when a key is configured, otherwise the local engine."""
         if self.backend == "auto":

@@ -11,7 +11,7 @@ The server only reads what it is given; it never reaches into the service that o
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -36,12 +36,14 @@ class HttpServer:
         metrics: Metrics,
         readiness: Readiness,
         refresh: Callable[[], None] | None = None,
+        routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.host = host
         self.port = port
         self._metrics = metrics
         self._readiness = readiness
         self._refresh = refresh
+        self._routes = list(routes)
         self._runner: web.AppRunner | None = None
 
     def _app(self) -> web.Application:
@@ -49,6 +51,7 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_text)
+        app.add_routes(self._routes)
         return app
 
     async def start(self) -> None:

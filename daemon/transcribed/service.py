@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.backends import Backend
+from transcribed.backends.assemblyai import WEBHOOK_HEADER
 from transcribed.config import Settings
 from transcribed.errors import AuthError, ConfigError
 from transcribed.http import HttpServer
@@ -27,6 +28,7 @@ from transcribed.pool import Pool
 from transcribed.progress import Counts, ProgressDisplay
 from transcribed.systemd import Notifier
 from transcribed.watcher import Watcher
+from transcribed.webhooks import webhook_routes
 
 log = get_logger("transcribed.service")
 
@@ -62,7 +64,9 @@ def _remove_stale_temp_files(*roots: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def make_backend(settings: Settings, metrics: Metrics) -> Backend:
+def make_backend(
+    settings: Settings, metrics: Metrics, webhook_secret: str | None = None
+) -> Backend:
     choice = settings.resolved_backend()
     reason = (
         "configured"
@@ -79,7 +83,11 @@ def make_backend(settings: Settings, metrics: Metrics) -> Backend:
                 "(ASSEMBLYAI_API_KEY, or [assemblyai] api_key / api_key_file)"
             )
         return AssemblyAIBackend(
-            settings.assemblyai, settings.transcription, settings.output.formats, metrics
+            settings.assemblyai,
+            settings.transcription,
+            settings.output.formats,
+            metrics,
+            webhook_secret=webhook_secret,
         )
     from transcribed.backends.local import LocalBackend
 
@@ -106,6 +114,7 @@ class Service:
         self.notifier = notifier or Notifier()
         self.progress = progress and once
         self.http: HttpServer | None = None
+        self.webhook_secret: str | None = None
         self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.watcher_ready = asyncio.Event()
@@ -166,8 +175,21 @@ class Service:
         if not self.settings.http.enabled:
             return
         host, port = self.settings.http.host_port
-        self.http = HttpServer(host, port, self.metrics, self.readiness, self._refresh_metrics)
+        routes = []
+        if self.webhook_secret is not None and self.journal is not None:
+            routes = webhook_routes(
+                WEBHOOK_HEADER, self.webhook_secret, self.journal.has_transcript, self._notified
+            )
+        self.http = HttpServer(
+            host, port, self.metrics, self.readiness, self._refresh_metrics, routes
+        )
         await self.http.start()
+
+    def _notified(self, transcript_id: str, status: str) -> None:
+        """A webhook arrived: wake the job waiting for that transcript."""
+        tracker = getattr(self.backend, "tracker", None)
+        if tracker is not None:
+            tracker.notify(transcript_id, status)
 
     async def _announce_ready(self) -> None:
         if not self.once:
@@ -222,6 +244,9 @@ class Service:
             _remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
             with Journal(folders["state_dir"]) as journal:
                 self.journal = journal
+                if settings.resolved_backend() == "assemblyai" and settings.assemblyai.webhook_url:
+                    self.webhook_secret = journal.secret("webhook")
+                    register_secret(self.webhook_secret)
                 try:
                     await self._start_http()
                     return await self._run(journal, folders)
@@ -235,7 +260,7 @@ class Service:
 
     async def _run(self, journal: Journal, folders: dict[str, Path]) -> int:
         settings = self.settings
-        backend = make_backend(settings, self.metrics)
+        backend = make_backend(settings, self.metrics, self.webhook_secret)
         self.backend = backend
         self._install_signals()
         try:

@@ -1,9 +1,11 @@
 """The journal: one SQLite row per source file, the daemon's only shared state.
 
-Every remote step is committed here before the next one starts (WAL, ``synchronous=FULL``),
-so a restart, even after ``kill -9``, resumes a job where it stood instead of repeating a paid
-step. Calls are short synchronous statements on the event loop's thread: they cannot be
-interrupted half-way by task cancellation.
+Every remote step is committed here before the next one starts (WAL), so a restart, even
+after ``kill -9``, resumes a job where it stood instead of repeating a paid step. A commit
+survives the process dying at once; the few that guard against paying twice (a submit about to
+be sent, its transcript id) are also fsynced (``durable=True``), so they survive a power cut,
+while the rest skip that cost. Calls are short synchronous statements on the event loop's
+thread: they cannot be interrupted half-way by task cancellation.
 
 States: ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed`` (outputs written) ->
 ``archived`` (source moved to done/), or ``failed``. ``source_moved`` is 0 while the source is
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from transcribed.errors import ConfigError
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
+MAX_NAME_TRIES = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -130,7 +134,7 @@ class Journal:
         try:
             self._db = self._connect(str(self.path))
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_integrity(self._db)
             self._db.executescript(_SCHEMA)
             self._db.execute(
@@ -200,15 +204,21 @@ class Journal:
         return self._db
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
 
     # -- queries ---------------------------------------------------------------------------
     def get(self, job_id: int) -> JobRow:
@@ -322,27 +332,28 @@ class Journal:
                     new_ids.append(cur.lastrowid)
         return new_ids
 
-    def update(self, job_id: int, **values: Any) -> None:
+    def update(self, job_id: int, *, durable: bool = False, **values: Any) -> None:
+        """Set columns of one job; ``durable`` also fsyncs the commit."""
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
         values["updated_at"] = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
-        with self._tx() as db:
+        with self._tx(durable=durable) as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
 
-    def set_state(self, job_id: int, state: str, **values: Any) -> None:
+    def set_state(self, job_id: int, state: str, *, durable: bool = False, **values: Any) -> None:
         if state not in STATES:
             raise ValueError(state)
-        self.update(job_id, state=state, **values)
+        self.update(job_id, durable=durable, state=state, **values)
 
-    def reserve_output_base(self, job_id: int, candidates: list[str], exists: Any) -> str:
+    def reserve_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
         """Pick the first candidate that no other job owns and ``exists(base)`` says is free."""
         with self._tx() as db:
             row = db.execute("SELECT output_base FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None and row[0]:
                 return str(row[0])
-            for base in candidates:
+            for base in itertools.islice(candidates, MAX_NAME_TRIES):
                 # Compared case-folded: on a case-insensitive share "Talk" and "talk" are one.
                 key = base.casefold()
                 taken = db.execute(

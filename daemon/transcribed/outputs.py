@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import aiofiles
-
 from transcribed.backends import Result
 from transcribed.errors import LocalIOError
 from transcribed.paths import TEMP_PREFIX, numbered, report_path
@@ -32,20 +30,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write each file so that readers see the old file or all of the new one (blocking).
+
+    Temp file in the same folder, fsync, rename; then one fsync per folder for the renames.
+    """
+    folders: set[Path] = set()
+    for path, data in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}")
+        try:
+            with tmp.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        folders.add(path.parent)
+    for folder in folders:
+        _fsync_dir(folder)
+
+
 async def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or all of the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}"[:255])
-    try:
-        async with aiofiles.open(tmp, "wb") as handle:
-            await handle.write(data)
-            await handle.flush()
-            await asyncio.to_thread(os.fsync, handle.fileno())
-        await asyncio.to_thread(os.replace, tmp, path)
-        await asyncio.to_thread(_fsync_dir, path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """:func:`write_files_atomic` for one file, off the event loop."""
+    await asyncio.to_thread(write_files_atomic, [(path, data)])
 
 
 def render(result: Result, fmt: str) -> bytes:
@@ -94,16 +104,17 @@ class Outputs:
         return any(path.exists() for path in self.paths_for(base))
 
     async def write(self, base: str, result: Result) -> list[Path]:
-        written: list[Path] = []
+        paths = self.paths_for(base)
+        files = [(path, render(result, fmt)) for fmt, path in zip(self.formats, paths, strict=True)]
         try:
-            for fmt, path in zip(self.formats, self.paths_for(base), strict=True):
-                await write_atomic(path, render(result, fmt))
-                written.append(path)
+            # One trip to a worker thread for all of a job's files: with a large backlog the
+            # hops, not the bytes, are what cost.
+            await asyncio.to_thread(write_files_atomic, files)
         except OSError as exc:
             raise LocalIOError(
                 f"cannot write {exc.filename or self.outbox}: {exc.strerror}"
             ) from exc
-        return written
+        return paths
 
     async def archive(self, source: Path, rel_path: str) -> str:
         """Move a transcribed source to done/; returns its path relative to done/."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".temp", ".swp")
@@ -86,17 +87,21 @@ def relative_posix(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def output_base_candidates(rel_path: str) -> list[str]:
+def output_base_candidates(rel_path: str) -> Iterator[str]:
     """Output names (without format extension) to try for a source, best first.
 
     ``talks/a.mp3`` -> ``talks/a``, then ``talks/a.mp3`` (so ``a.wav`` beside ``a.mp3`` gets
-    ``a.wav.txt``), then numbered ``talks/a (2)``, ``talks/a (3)``, ...
+    ``a.wav.txt``), then numbered ``talks/a (2)``, ``talks/a (3)``, ... Lazy: the caller
+    usually needs only the first.
     """
     rel = PurePosixPath(rel_path)
     stem = rel.stem if rel.suffix and rel.stem not in ("", ".", "..") else rel.name
-    names = [stem, rel.name, *(f"{stem} ({n})" for n in range(2, 1000))]
-    bases = [rel.with_name(fit_name(name, OUTPUT_SUFFIX_BYTES)).as_posix() for name in names]
-    return list(dict.fromkeys(bases))
+    seen: set[str] = set()
+    for name in itertools.chain((stem, rel.name), (f"{stem} ({n})" for n in itertools.count(2))):
+        base = rel.with_name(fit_name(name, OUTPUT_SUFFIX_BYTES)).as_posix()
+        if base not in seen:
+            seen.add(base)
+            yield base
 
 
 def numbered(rel_path: str, n: int) -> str:

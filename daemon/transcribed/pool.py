@@ -12,6 +12,7 @@ import functools
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ log = get_logger("transcribed.pool")
 SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling", "retry_wait"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
+ADMIT_AT_ONCE = 16
 #: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
 REMOTE_BACKENDS = frozenset({"assemblyai"})
 
@@ -46,21 +48,34 @@ class RunStats:
 class _Checkpoints:
     """Journal-backed :class:`~transcribed.backends.Checkpoints` for one job."""
 
-    def __init__(self, journal: Journal, job_id: int, phases: dict[int, str]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        job_id: int,
+        phases: dict[int, str],
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self._journal = journal
         self._id = job_id
         self._phases = phases
+        self._release = release
 
     def uploaded(self, upload_url: str) -> None:
         self._journal.update(self._id, upload_url=upload_url, uploaded_at=time.time())
 
     def submitting(self) -> None:
-        self._journal.update(self._id, submit_started_at=time.time())
+        # Durable: after a power cut this is what sends a restart to look the submit up
+        # instead of paying again.
+        self._journal.update(self._id, durable=True, submit_started_at=time.time())
+        self._release()
 
     def submitted(self, transcript_id: str) -> None:
+        # Not fsynced: should a power cut lose it, the durable submit_started_at sends the
+        # restart to find this transcript in the list instead of submitting again.
         self._journal.set_state(
             self._id, "submitted", transcript_id=transcript_id, submitted_at=time.time()
         )
+        self._release()
 
     def upload_lost(self) -> None:
         self._journal.update(self._id, upload_url=None, uploaded_at=None, submit_started_at=None)
@@ -69,6 +84,23 @@ class _Checkpoints:
         self._phases[self._id] = name
         if name == "uploading":  # when the bytes start to flow, not when the job queued for it
             self._journal.update(self._id, upload_started_at=time.time())
+
+
+class _Admission:
+    """A place among the jobs between taking a file and submitting it; left at most once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = False
+
+    async def enter(self) -> None:
+        await self._semaphore.acquire()
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
 
 
 def _sha256(path: Path) -> str:
@@ -103,6 +135,10 @@ class Pool:
         self._wake = asyncio.Event()
         self._unexpected: Counter[int] = Counter()
         self._deferrals: Counter[int] = Counter()
+        # Jobs go from taking a file to submitting it a few at a time and in order, so with a
+        # large backlog the first ones reach the service at once instead of every job's local
+        # preparation competing with every upload.
+        self._admitting = asyncio.Semaphore(ADMIT_AT_ONCE)
         self.stats = RunStats()
         self.fatal: BaseException | None = None
 
@@ -191,6 +227,7 @@ class Pool:
         structlog.contextvars.bind_contextvars(path=row.path, job_id=row.id)
         started = time.monotonic()
         source = self._inbox / row.path
+        admission = _Admission(self._admitting)
         try:
             if row.state == "failed":
                 await self._finish_failure(row, source)
@@ -198,11 +235,15 @@ class Pool:
             if row.state == "completed":
                 await self._archive(row, source, started)
                 return
+            await admission.enter()
             job = await self._prepare(row, source)
             if job is None:
                 return
-            checkpoints = _Checkpoints(self._journal, row.id, self._phases)
+            if job.transcript_id is not None:
+                admission.leave()  # submitted before (a restart, or a reused transcript)
+            checkpoints = _Checkpoints(self._journal, row.id, self._phases, admission.leave)
             result = await self._backend.transcribe(job, checkpoints)
+            admission.leave()
             self._phases[row.id] = "writing"
             row = self._journal.get(row.id)
             base = row.output_base or self._reserve(row)
@@ -243,6 +284,7 @@ class Pool:
             else:
                 self._retry_later(row, repr(exc))
         finally:
+            admission.leave()
             structlog.contextvars.unbind_contextvars("path", "job_id")
 
     async def _prepare(self, row: JobRow, source: Path) -> Job | None:
@@ -280,7 +322,7 @@ class Pool:
                     return None
             if info.st_size == 0:
                 raise PermanentError("the file is empty")
-            facts = {
+            facts: dict[str, Any] = {
                 "sha256": sha256,
                 "size": info.st_size,
                 "mtime_ns": info.st_mtime_ns,

@@ -15,7 +15,7 @@ from typing import Any
 
 from transcribed.backends import Checkpoints, Job, Result
 from transcribed.backends.assemblyai_api import AssemblyAIClient
-from transcribed.backends.assemblyai_status import StatusTracker, audio_duration_s
+from transcribed.backends.assemblyai_status import POLL_SHARE, StatusTracker, audio_duration_s
 from transcribed.config import AssemblyAISettings
 from transcribed.errors import PermanentError, TransientError, UploadExpiredError
 from transcribed.logs import get_logger
@@ -23,8 +23,6 @@ from transcribed.metrics import Metrics
 
 log = get_logger("transcribed.assemblyai")
 SUBTITLE_FORMATS = ("srt", "vtt")
-#: The share of the request budget that polling may use; uploads and submits get the rest.
-POLL_SHARE = 0.5
 #: How often a stuck job (queued or processing past ``stuck_after_s``) is still polled.
 STUCK_POLL_S = 300.0
 #: The header the service sends back with each webhook, holding this daemon's secret.

@@ -28,7 +28,9 @@ from transcribed.logs import get_logger
 
 log = get_logger("transcribed.status")
 
-SWEEP_MIN_S = 0.5
+SWEEP_MIN_S = 0.25
+#: The share of the request budget that status checks (sweeps and polls) may use.
+POLL_SHARE = 0.5
 LIST_PAGE = 200
 MAX_PAGES = 10
 #: How far before the oldest watched job the sweep keeps paging (clock skew, slow creates).
@@ -72,6 +74,7 @@ class StatusTracker:
         self._base_s = PRIOR_BASE_S
         self.sweeping = not webhooks
         self.sweeps = 0
+        self._last_pages = 1
 
     # -- expectations ----------------------------------------------------------------------
     def expected_s(self, duration_s: float | None) -> float:
@@ -119,7 +122,10 @@ class StatusTracker:
         due = min(w.submitted_at + w.expected_s for w in self._watches.values())
         if self.webhooks:
             return max(60.0, self._settings.poll_max_s)
-        return min(self._settings.poll_max_s, max(SWEEP_MIN_S, (due - now) / 2))
+        # Never more often than the pages of the last sweep fit in the polling share of the
+        # request budget.
+        floor = max(SWEEP_MIN_S, self._last_pages / (self._settings.requests_per_s * POLL_SHARE))
+        return min(self._settings.poll_max_s, max(floor, (due - now) / 2))
 
     async def run(self) -> None:
         """Sweep while jobs are waiting; sleep while none are."""
@@ -162,7 +168,8 @@ class StatusTracker:
         oldest = min(w.submitted_at for w in self._watches.values()) - CREATED_MARGIN_S
         before: str | None = None
         self.sweeps += 1
-        for _ in range(MAX_PAGES):
+        for pages in range(1, MAX_PAGES + 1):
+            self._last_pages = pages
             params = {"limit": str(LIST_PAGE)} | ({"before_id": before} if before else {})
             page: dict[str, Any] = await self._client.list_transcripts(**params)
             items = page.get("transcripts") or []

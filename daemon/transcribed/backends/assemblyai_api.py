@@ -57,9 +57,9 @@ class AssemblyAIClient:
         self._key = settings.api_key.get_secret_value()
         self._metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
-        # A bucket a tenth of a second deep: bursts stay small, so no whole second ever
-        # sees much more than the budget.
-        self._limiter = AsyncLimiter(max(1.0, settings.requests_per_s / 10), 0.1)
+        # A leaky bucket that holds a tenth of the budget and drains at nine tenths of it: a
+        # burst plus a full second of draining still fits the budget in any one second.
+        self._limiter = AsyncLimiter(max(1.0, settings.requests_per_s / 10), 1 / 9)
         self._pause_until = 0.0
         self.requests_sent = 0
         self._failing_since: float | None = None

@@ -1,0 +1,351 @@
+"""Backlog throughput: a folder of files against a slow service with a concurrency cap.
+
+Contenders, each against a fresh fake server process with the same settings, on the same files:
+
+- the daemon with polling: ``transcribed run --once`` with the files already in the inbox;
+- the daemon with webhooks (when ``transcribed.webhooks`` exists): the same, with
+  ``assemblyai.webhook_url`` pointing at its own receiver (``http.listen``, path ``/webhook``);
+- the official SDK: ``Transcriber().transcribe_group(files)`` in its own process, defaults kept;
+- a tutorial-style sequential loop (upload, submit, poll every 3 s, one file at a time), run on
+  a few files and extrapolated linearly to the whole backlog.
+
+Wall time runs from the contender's process start to its exit; "last transcript" is when the
+newest transcript file was written. The ideal is ``latency x ceil(files / cap)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    API_KEY,
+    PYTHON,
+    Child,
+    Counters,
+    FakeServer,
+    Folders,
+    Table,
+    clean_env,
+    copy_files,
+    count_outputs,
+    fmt,
+    free_port,
+    last_output_at,
+    log_problems,
+    make_audio_files,
+    start_daemon,
+    verdict,
+    write_daemon_config,
+)
+
+NAME = "backlog"
+DAEMON_REQUESTS_PER_S = 1000.0
+
+
+@dataclass(frozen=True)
+class Size:
+    files: int
+    latency_s: float
+    cap: int
+    sequential_files: int
+    rounds: int
+
+    @property
+    def ideal_s(self) -> float:
+        return self.latency_s * math.ceil(self.files / self.cap)
+
+
+FULL = Size(files=400, latency_s=5.0, cap=200, sequential_files=10, rounds=2)
+QUICK = Size(files=60, latency_s=2.0, cap=30, sequential_files=3, rounds=1)
+
+
+@dataclass
+class Outcome:
+    """One contender's run, scaled to the whole backlog when it ran on a subset."""
+
+    name: str
+    ran_files: int
+    scale: float
+    wall_s: float
+    last_output_s: float | None
+    counters: Counters
+    cpu_s: float
+    done: int
+    exit_code: int
+    problems: list[str] = field(default_factory=list)
+    """The daemon's last warnings/errors when it did not transcribe every file."""
+    walls: list[float] = field(default_factory=list)
+    """Wall seconds of every round (the outcome itself is the best round)."""
+
+    @property
+    def requests_per_job(self) -> float:
+        return self.counters.total_requests / self.ran_files
+
+    @property
+    def polls_per_job(self) -> float:
+        return self.counters.polls / self.ran_files
+
+
+def webhooks_available() -> bool:
+    """Whether the daemon has webhook mode (its ``transcribed.webhooks`` module imports)."""
+    try:
+        importlib.import_module("transcribed.webhooks")
+    except ImportError:
+        return False
+    return True
+
+
+def _daemon(
+    name: str, files: list[Path], size: Size, root: Path, extra: dict[str, Any] | None = None
+) -> Outcome:
+    folders = Folders.make(root)
+    copy_files(files, folders.inbox)
+    with FakeServer(
+        latency_s=size.latency_s, concurrency=size.cap, log_path=root / "fake.log"
+    ) as fake:
+        settings = {
+            "watch.settle_s": 0.5,
+            "assemblyai.max_concurrent_jobs": size.files,
+            "assemblyai.requests_per_s": DAEMON_REQUESTS_PER_S,
+            **(extra or {}),
+        }
+        config = write_daemon_config(folders, fake.base_url, settings)
+        child = start_daemon(folders, config, once=True)
+        usage = child.wait(timeout_s=20 * size.ideal_s + 120)
+        counters = fake.counters()
+    last = last_output_at(folders.outbox)
+    done = count_outputs(folders.outbox)
+    return Outcome(
+        name=name,
+        ran_files=len(files),
+        scale=1.0,
+        wall_s=usage.ended_at - child.started_at,
+        last_output_s=None if last is None else last - child.started_at,
+        counters=counters,
+        cpu_s=usage.cpu_s,
+        done=done,
+        exit_code=usage.exit_code,
+        problems=log_problems(folders.log) if done < len(files) or usage.exit_code else [],
+    )
+
+
+def _client(
+    name: str, module: str, files: list[Path], size: Size, root: Path, scale: float
+) -> Outcome:
+    out = root / "outbox"
+    root.mkdir(parents=True, exist_ok=True)
+    with FakeServer(
+        latency_s=size.latency_s, concurrency=size.cap, log_path=root / "fake.log"
+    ) as fake:
+        argv = [PYTHON, "-m", module, "--base-url", fake.base_url, "--api-key", API_KEY]
+        with (root / "client.log").open("wb") as log:
+            child = Child(
+                [*argv, "--out", str(out), *map(str, files)],
+                env=clean_env(),
+                stdout=log,
+                stderr=log,
+            )
+            usage = child.wait(timeout_s=20 * size.ideal_s + 30 * len(files) + 120)
+        counters = fake.counters()
+    last = last_output_at(out)
+    return Outcome(
+        name=name,
+        ran_files=len(files),
+        scale=scale,
+        wall_s=(usage.ended_at - child.started_at) * scale,
+        last_output_s=None if last is None else (last - child.started_at) * scale,
+        counters=counters,
+        cpu_s=usage.cpu_s * scale,
+        done=count_outputs(out),
+        exit_code=usage.exit_code,
+    )
+
+
+def best_of(outcomes: list[Outcome]) -> Outcome:
+    """The round with the shortest wall time, remembering every round's wall time."""
+    best = min(outcomes, key=lambda o: o.wall_s)
+    best.walls = [o.wall_s for o in outcomes]
+    return best
+
+
+def run(quick: bool) -> list[Table]:
+    size = QUICK if quick else FULL
+    rounds: dict[str, list[Outcome]] = {"polling": [], "webhooks": [], "sdk": []}
+    with tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp:
+        root = Path(tmp)
+        files = make_audio_files(root / "source", size.files, seed=400)
+        # Rounds interleave the contenders, so that a busy spell of the machine hurts them alike.
+        for index in range(size.rounds):
+            rounds["polling"].append(
+                _daemon("daemon, polling (run --once)", files, size, root / f"polling{index}")
+            )
+            if webhooks_available():
+                port = free_port()
+                hooks = {
+                    "assemblyai.webhook_url": f"http://127.0.0.1:{port}/webhook",
+                    "http.listen": f"127.0.0.1:{port}",
+                }
+                rounds["webhooks"].append(
+                    _daemon(
+                        "daemon, webhooks (run --once)",
+                        files,
+                        size,
+                        root / f"webhooks{index}",
+                        hooks,
+                    )
+                )
+            rounds["sdk"].append(
+                _client(
+                    "SDK transcribe_group",
+                    "bench.sdk_client",
+                    files,
+                    size,
+                    root / f"sdk{index}",
+                    scale=1.0,
+                )
+            )
+        subset = files[: size.sequential_files]
+        sequential = _client(
+            f"sequential loop (ran {len(subset)} files, x{size.files / len(subset):g})",
+            "bench.tutorial_client",
+            subset,
+            size,
+            root / "sequential",
+            scale=size.files / len(subset),
+        )
+    polling, sdk = best_of(rounds["polling"]), best_of(rounds["sdk"])
+    webhooks = best_of(rounds["webhooks"]) if rounds["webhooks"] else None
+    return [
+        _results(size, polling, webhooks, sdk, sequential),
+        _ratios(polling, webhooks, sdk),
+    ]
+
+
+def webhook_problem(webhooks: Outcome | None) -> str | None:
+    """Why the webhook figures cannot be judged, or None when webhook mode really ran."""
+    if webhooks is None:
+        return "webhook mode not available"
+    if webhooks.counters.webhook_deliveries == 0:
+        return "no webhook was delivered: the daemon did not ask for them"
+    return None
+
+
+def _results(
+    size: Size, polling: Outcome, webhooks: Outcome | None, sdk: Outcome, sequential: Outcome
+) -> Table:
+    table = Table(
+        f"backlog: {size.files} files, fake latency {size.latency_s:g} s, "
+        f"concurrency cap {size.cap}",
+        [
+            "contender", "wall s", "all rounds s", "last transcript s", "ideal s", "wall/ideal", "target",
+            "result", "HTTP req/job", "polls/job", "list req", "webhooks", "client CPU s",
+            "transcripts",
+        ],
+    )  # fmt: skip
+    problem = webhook_problem(webhooks)
+    targets = {polling.name: 1.15}
+    if webhooks is not None:
+        targets[webhooks.name] = 1.05
+    else:
+        table.add(
+            "daemon, webhooks", "n/a (webhook mode not available)", "n/a", "n/a",
+            fmt(size.ideal_s, 1),
+            "n/a", "<= 1.05x ideal", "n/a", *["n/a"] * 6,
+        )  # fmt: skip
+    for outcome in (polling, webhooks, sdk, sequential):
+        if outcome is None:
+            continue
+        ratio = outcome.wall_s / size.ideal_s
+        target = targets.get(outcome.name)
+        result = verdict(ratio <= target) if target else "-"
+        if outcome is webhooks and problem:
+            result = f"n/a ({problem})"
+        table.add(
+            outcome.name,
+            fmt(outcome.wall_s, 1),
+            ", ".join(f"{w:.1f}" for w in outcome.walls) or "-",
+            fmt(outcome.last_output_s, 1),
+            fmt(size.ideal_s, 1),
+            fmt(ratio),
+            f"<= {target:g}x ideal" if target else "-",
+            result,
+            fmt(outcome.requests_per_job),
+            fmt(outcome.polls_per_job),
+            str(outcome.counters.lists),
+            str(outcome.counters.webhook_deliveries),
+            fmt(outcome.cpu_s),
+            f"{outcome.done}/{outcome.ran_files}"
+            + ("" if outcome.exit_code == 0 else f" (exit {outcome.exit_code})"),
+        )
+    table.notes += [
+        f"wall: process start to exit, best of {size.rounds} round(s) (all rounds listed; "
+        "rounds interleave the contenders); the other columns are from the best round. "
+        "last transcript: process start to the newest transcript file written; ideal: "
+        "latency x ceil(files / cap).",
+        f"daemon settings: assemblyai.max_concurrent_jobs={size.files}, "
+        f"assemblyai.requests_per_s={DAEMON_REQUESTS_PER_S:g} (so the budget is not the "
+        "bottleneck: the fake does not enforce the account's ~66 requests/s, the real API "
+        "would), watch.settle_s=0.5, other settings default; the files are an hour old, so "
+        "they are taken at once. Webhooks: assemblyai.webhook_url=http://127.0.0.1:PORT/webhook "
+        "and http.listen=127.0.0.1:PORT.",
+        "SDK: assemblyai "
+        + _sdk_version()
+        + ", defaults (3 s polling), speech_models=['universal-3-pro']; it writes the "
+        "transcripts when transcribe_group returns.",
+        f"sequential loop: ran on the first {sequential.ran_files} files; its wall, last "
+        f"transcript and CPU are multiplied by {sequential.scale:g} (linear extrapolation); "
+        "requests per job are as measured.",
+        "HTTP req/job: every request the fake saw (uploads, submits, polls, transcript-list "
+        "requests, key checks) / files; polls/job: GET /v2/transcript/{id} / files; list req: "
+        "GET /v2/transcript (total); webhooks: notifications the fake delivered with a 2xx. "
+        "A fresh fake process per contender.",
+    ]
+    for outcome in (polling, webhooks):
+        if outcome is not None:
+            table.notes += [f"{outcome.name}: {line}" for line in outcome.problems]
+    if webhooks is not None and problem:
+        table.notes.append(
+            f"the webhook contender ran but {problem}, so it measured the polling path again; "
+            "its figures are shown and not judged."
+        )
+    return table
+
+
+def _sdk_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("assemblyai")
+    except Exception:
+        return "(version unknown)"
+
+
+def _ratios(polling: Outcome, webhooks: Outcome | None, sdk: Outcome) -> Table:
+    table = Table("backlog: daemon against the SDK", ["comparison", "value", "target", "result"])
+    problem = webhook_problem(webhooks)
+    for label, daemon in (("polling", polling), ("webhooks", webhooks)):
+        judged = label == "polling" or problem is None
+        if daemon is None:
+            table.add(f"SDK wall / daemon ({label}) wall", f"n/a ({problem})", ">= 1.25", "n/a")
+            table.add(f"daemon ({label}) HTTP req/job vs SDK", "n/a", "<= SDK", "n/a")
+            continue
+        speedup = sdk.wall_s / daemon.wall_s
+        fewer = daemon.requests_per_job <= sdk.requests_per_job
+        table.add(
+            f"SDK wall / daemon ({label}) wall",
+            fmt(speedup),
+            ">= 1.25",
+            verdict(speedup >= 1.25) if judged else f"n/a ({problem})",
+        )
+        table.add(
+            f"daemon ({label}) HTTP req/job vs SDK",
+            f"{daemon.requests_per_job:.2f} vs {sdk.requests_per_job:.2f}",
+            "<= SDK",
+            verdict(fewer) if judged else f"n/a ({problem})",
+        )
+    return table

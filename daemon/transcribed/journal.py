@@ -300,12 +300,6 @@ class Journal:
             db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, value))
             return value
 
-    def failed_rows(self) -> list[JobRow]:
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state = 'failed' ORDER BY id"  # noqa: S608
-        ).fetchall()
-        return [JobRow(**dict(r)) for r in rows]
-
     # -- writes ----------------------------------------------------------------------------
     def discover(self, path: str, size: int, mtime_ns: int) -> int | None:
         """Record a settled inbox file. Returns the new job id, or None if it is known."""

@@ -381,10 +381,7 @@ class Pool:
         self._journal.set_state(
             row.id, "archived", source_moved=1, final_path=final, finished_at=time.time()
         )
-        elapsed = time.monotonic() - started
-        self.stats.done += 1
-        self._metrics.files.labels(outcome="done").inc()
-        self._metrics.job_duration.labels(outcome="done").observe(elapsed)
+        elapsed = self._count_outcome("done", started)
         log.info(
             "file_transcribed",
             outcome="done",
@@ -432,10 +429,7 @@ class Pool:
         present = safe_lstat(source) is not None and is_inside(source, self._inbox)
         final = await self._outputs.fail(source if present else None, row.path, report)
         self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
-        self.stats.failed += 1
-        self._metrics.files.labels(outcome="failed").inc()
-        elapsed = time.monotonic() - started if started is not None else 0.0
-        self._metrics.job_duration.labels(outcome="failed").observe(elapsed)
+        elapsed = self._count_outcome("failed", started)
         log.warning(
             "file_failed",
             outcome="failed",
@@ -443,6 +437,17 @@ class Pool:
             transcript_id=row.transcript_id,
             reason=row.last_error,
         )
+
+    def _count_outcome(self, outcome: str, started: float | None) -> float:
+        """Count a finished file in the run's stats and metrics; returns its seconds."""
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if outcome == "done":
+            self.stats.done += 1
+        else:
+            self.stats.failed += 1
+        self._metrics.files.labels(outcome=outcome).inc()
+        self._metrics.job_duration.labels(outcome=outcome).observe(elapsed)
+        return elapsed
 
     def _retry_later(self, row: JobRow, reason: str) -> None:
         current = self._journal.get(row.id)

@@ -326,6 +326,7 @@ class Service:
             "daemon_stopped",
             done=pool.stats.done,
             failed=pool.stats.failed,
+            reused=pool.stats.reused,
             cancelled_mid_step=cut,
             pending=self.journal.pending_count() if self.journal else None,
         )

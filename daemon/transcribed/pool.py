@@ -29,7 +29,7 @@ from transcribed.paths import is_inside, output_base_candidates, safe_lstat
 
 log = get_logger("transcribed.pool")
 #: Phases in which cancelling a job loses nothing but a wait.
-SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling", "retry_wait"})
+SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
 ADMIT_AT_ONCE = 16

@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_moved = 0;
+-- The pool asks for live jobs in order after every job; archived rows pile up for months.
+CREATE INDEX IF NOT EXISTS jobs_live ON jobs(id) WHERE source_moved = 0;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_output_key ON jobs(output_key);

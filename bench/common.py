@@ -33,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from transcribed.testing.config_file import write_toml
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 API_KEY = "bench-key-0123456789"
@@ -328,31 +330,6 @@ class Folders:
             "failed": str(self.root / "failed"),
             "state_dir": str(self.state),
         }
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_toml(path: Path, values: dict[str, Any]) -> Path:
-    """Write dotted keys (``"assemblyai.base_url"``) as a TOML file."""
-    tables: dict[str, dict[str, Any]] = {}
-    for dotted, value in values.items():
-        table, _, key = dotted.rpartition(".")
-        tables.setdefault(table, {})[key] = value
-    lines: list[str] = []
-    for table in sorted(tables, key=lambda t: (t != "", t)):
-        if table:
-            lines.append(f"\n[{table}]")
-        lines.extend(f"{key} = {toml_value(v)}" for key, v in tables[table].items())
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def write_daemon_config(

@@ -25,8 +25,8 @@ from bench.common import (
     fmt,
     start_daemon,
     verdict,
-    write_toml,
 )
+from transcribed.testing.config_file import write_toml
 
 NAME = "local"
 SHARE = 0.90

@@ -15,6 +15,7 @@ import pytest
 
 from transcribed.config import Settings, load_settings
 from transcribed.testing import FakeAssemblyAI, FakeConfig, fake_text_for
+from transcribed.testing.config_file import write_toml
 
 API_KEY = "test-key-0123456789"
 
@@ -94,40 +95,7 @@ def settings_for(folders: Folders, fake: FakeAssemblyAI | None, **extra: Any) ->
 
 def write_config(folders: Folders, fake: FakeAssemblyAI | None, **extra: Any) -> Path:
     """A TOML config file holding the same settings, for subprocess runs."""
-    tree: dict[str, Any] = {}
-    for dotted, value in overrides_for(folders, fake, **extra).items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    lines: list[str] = []
-
-    def emit(table: dict[str, Any], prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix:
-            lines.append(f"[{prefix}]")
-        for key, value in scalars.items():
-            lines.append(f"{key} = {toml_value(value)}")
-        for key, value in table.items():
-            if isinstance(value, dict):
-                emit(value, f"{prefix}.{key}" if prefix else key)
-
-    emit(tree, "")
-    path = folders.root / "transcribed.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return write_toml(folders.root / "transcribed.toml", overrides_for(folders, fake, **extra))
 
 
 def daemon_command(config: Path, *extra: str) -> list[str]:

@@ -37,7 +37,6 @@ DEFAULT_PATTERNS = [
     "*.m4v", "*.mov", "*.aac", "*.wma", "*.aif", "*.aiff", "*.amr", "*.3gp", "*.mkv", "*.mpga",
 ]  # fmt: skip
 DEFAULT_SPEECH_MODELS = ["universal-3-pro", "universal-2"]
-OUTPUT_FORMATS = ("txt", "json", "srt", "vtt")
 
 
 def _split_list(value: Any) -> Any:

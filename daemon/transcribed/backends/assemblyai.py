@@ -57,7 +57,6 @@ class AssemblyAIBackend:
         self._polling = 0
         self._tracker: StatusTracker | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.key_checked = False
 
     @property
     def client(self) -> AssemblyAIClient:
@@ -85,8 +84,7 @@ class AssemblyAIBackend:
         try:
             # One attempt only: a rejected key must stop start-up (AuthError), but an
             # unreachable API must not; jobs retry on their own until it is back.
-            await self.client._once("GET", "/v2/transcript", "list", params={"limit": "1"})
-            self.key_checked = True
+            await self.client.check_key()
         except TransientError as exc:
             log.warning("api_unreachable_at_start", error=str(exc))
 

@@ -61,7 +61,6 @@ class AssemblyAIClient:
         # burst plus a full second of draining still fits the budget in any one second.
         self._limiter = AsyncLimiter(max(1.0, settings.requests_per_s / 10), 1 / 9)
         self._pause_until = 0.0
-        self.requests_sent = 0
         self._failing_since: float | None = None
         self.degraded = False
 
@@ -95,7 +94,6 @@ class AssemblyAIClient:
         while (delay := self._pause_until - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline other requests may push out, not an event
             await asyncio.sleep(delay)
         await self._limiter.acquire()
-        self.requests_sent += 1
 
     def slow_down(self, seconds: float) -> None:
         """Hold every request until ``seconds`` from now (after a 429)."""
@@ -209,8 +207,9 @@ class AssemblyAIClient:
 
     # -- endpoints -------------------------------------------------------------------------
     async def check_key(self) -> None:
-        """One cheap authenticated request; raises ``AuthError`` for a rejected key."""
-        await self._call("GET", "/v2/transcript", "list", params={"limit": "1"})
+        """One cheap authenticated request, not retried: ``AuthError`` for a rejected key,
+        ``TransientError`` when the API cannot be reached."""
+        await self._once("GET", "/v2/transcript", "list", params={"limit": "1"})
 
     async def upload(self, path: Path, size: int, on_bytes: Callable[[int], None]) -> str:
         """Stream a file to ``/v2/upload`` in 1 MiB chunks; returns the ``upload_url``."""

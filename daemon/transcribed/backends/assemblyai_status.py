@@ -73,7 +73,6 @@ class StatusTracker:
         self._changed = asyncio.Event()
         self._base_s = PRIOR_BASE_S
         self.sweeping = not webhooks
-        self.sweeps = 0
         self._last_pages = 1
 
     # -- expectations ----------------------------------------------------------------------
@@ -96,9 +95,6 @@ class StatusTracker:
 
     def forget(self, transcript_id: str) -> None:
         self._watches.pop(transcript_id, None)
-
-    def knows(self, transcript_id: str) -> bool:
-        return transcript_id in self._watches
 
     def notify(self, transcript_id: str, status: str) -> bool:
         """A webhook or a sweep saw ``status``; wakes the waiting job. False if not ours."""
@@ -167,7 +163,6 @@ class StatusTracker:
             return
         oldest = min(w.submitted_at for w in self._watches.values()) - CREATED_MARGIN_S
         before: str | None = None
-        self.sweeps += 1
         for pages in range(1, MAX_PAGES + 1):
             self._last_pages = pages
             params = {"limit": str(LIST_PAGE)} | ({"before_id": before} if before else {})

@@ -313,10 +313,12 @@ class Journal:
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
-    def discover_many(self, files: list[tuple[str, int, int]]) -> list[int]:
-        """``discover`` for many ``(path, size, mtime_ns)`` at once, in one transaction."""
+    def discover_many(self, files: list[tuple[str, int, int]]) -> dict[str, int]:
+        """``discover`` for many ``(path, size, mtime_ns)`` at once, in one transaction.
+
+        Returns the paths that became new jobs, with their ids."""
         now = time.time()
-        new_ids: list[int] = []
+        new_ids: dict[str, int] = {}
         with self._tx() as db:
             for path, size, mtime_ns in files:
                 cur = db.execute(
@@ -325,7 +327,7 @@ class Journal:
                     (path, size, mtime_ns, now, now),
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
-                    new_ids.append(cur.lastrowid)
+                    new_ids[path] = cur.lastrowid
         return new_ids
 
     def update(self, job_id: int, *, durable: bool = False, **values: Any) -> None:

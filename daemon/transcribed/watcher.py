@@ -135,7 +135,8 @@ class Watcher:
             return 0
         new_ids = self._journal.discover_many(ready)
         for rel, size, _ in ready:
-            log.info("file_detected", path=rel, size=size)
+            if rel in new_ids:  # a file already being worked on is not news
+                log.info("file_detected", path=rel, size=size, job_id=new_ids[rel])
         if new_ids:
             self._on_new(len(new_ids))
         return len(new_ids)

@@ -55,10 +55,6 @@ def _make_read_only(folder: Path) -> None:
         pytest.skip(f"cannot make a read-only bind mount here (needs root): {exc}")
 
 
-async def _run_until_stopped(service: Service) -> asyncio.Task[int]:
-    return asyncio.create_task(service.run())
-
-
 async def test_a_full_outbox_keeps_the_source_and_retries_until_there_is_room(
     folders: Folders, fake: FakeAssemblyAI, small_outbox: Path
 ) -> None:
@@ -68,7 +64,7 @@ async def test_a_full_outbox_keeps_the_source_and_retries_until_there_is_room(
     sha = make_audio(folders.inbox / "a.mp3", seed="full")
     service = Service(settings_for(folders, fake, **{"output.formats": ["txt", "json"]}))
     with structlog.testing.capture_logs() as logs:
-        task = await _run_until_stopped(service)
+        task = asyncio.create_task(service.run())
         await eventually(lambda: any(e["event"] == "job_deferred" for e in logs), 20, "deferral")
         assert (folders.inbox / "a.mp3").is_file()
         assert not (small_outbox / "a.txt").exists()
@@ -76,7 +72,6 @@ async def test_a_full_outbox_keeps_the_source_and_retries_until_there_is_room(
         assert [p.name for p in small_outbox.iterdir()] == ["filler.bin"]  # no temp leftovers
         assert not task.done()
         filler.unlink()
-        service.pool.wake() if service.pool else None
         await eventually(lambda: (folders.done / "a.mp3").is_file(), 30, "archived")
         service.request_stop()
         assert await asyncio.wait_for(task, 20) == 0
@@ -95,7 +90,7 @@ async def test_an_outbox_that_turns_read_only_keeps_the_source_and_the_daemon_ru
     service = Service(settings_for(folders, fake))
     readonly_outbox = folders.outbox
     with structlog.testing.capture_logs() as logs:
-        task = await _run_until_stopped(service)
+        task = asyncio.create_task(service.run())
         await asyncio.wait_for(service.watcher_ready.wait(), 20)
         _make_read_only(readonly_outbox)
         sha = make_audio(folders.inbox / "a.mp3", seed="ro")
@@ -103,7 +98,6 @@ async def test_an_outbox_that_turns_read_only_keeps_the_source_and_the_daemon_ru
         assert (folders.inbox / "a.mp3").is_file()
         assert not task.done()
         subprocess.run(["umount", "-l", str(readonly_outbox)], check=True)
-        service.pool.wake() if service.pool else None
         await eventually(lambda: (folders.done / "a.mp3").is_file(), 30, "archived")
         service.request_stop()
         assert await asyncio.wait_for(task, 20) == 0

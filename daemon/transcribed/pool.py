@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class RunStats:
     done: int = 0
     failed: int = 0
     reused: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class _Checkpoints:
@@ -298,6 +297,9 @@ class Pool:
                 )
                 return None
             raise PermanentError("the source file left the inbox while it was being processed")
+        if row.state == "uploading" and row.upload_url is None and row.upload_started_at:
+            # An upload cut off before a restart: it is not in flight until it starts again.
+            self._journal.update(row.id, upload_started_at=None)
         sha256 = row.sha256
         if row.state == "discovered":
             unchanged = (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)

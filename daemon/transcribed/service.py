@@ -307,7 +307,7 @@ class Service:
         log.info(
             "daemon_started",
             inbox=str(watcher.inbox),
-            backend=pool_backend_name(self.backend),
+            backend=self.backend.name if self.backend else None,
             once=self.once,
         )
         stop_wait = asyncio.create_task(self.stop.wait())
@@ -346,7 +346,3 @@ class Service:
             intake_done.set()
             if self.pool is not None:
                 self.pool.wake()
-
-
-def pool_backend_name(backend: Backend | None) -> str | None:
-    return backend.name if backend is not None else None

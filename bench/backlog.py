@@ -44,7 +44,6 @@ from bench.common import (
 )
 
 NAME = "backlog"
-DAEMON_REQUESTS_PER_S = 1000.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,6 @@ def _daemon(
         settings = {
             "watch.settle_s": 0.5,
             "assemblyai.max_concurrent_jobs": size.files,
-            "assemblyai.requests_per_s": DAEMON_REQUESTS_PER_S,
             **(extra or {}),
         }
         config = write_daemon_config(folders, fake.base_url, settings)
@@ -287,11 +285,9 @@ def _results(
         "rounds interleave the contenders); the other columns are from the best round. "
         "last transcript: process start to the newest transcript file written; ideal: "
         "latency x ceil(files / cap).",
-        f"daemon settings: assemblyai.max_concurrent_jobs={size.files}, "
-        f"assemblyai.requests_per_s={DAEMON_REQUESTS_PER_S:g} (so the budget is not the "
-        "bottleneck: the fake does not enforce the account's ~66 requests/s, the real API "
-        "would), watch.settle_s=0.5, other settings default; the files are an hour old, so "
-        "they are taken at once. Webhooks: assemblyai.webhook_url=http://127.0.0.1:PORT/webhook "
+        f"daemon settings: assemblyai.max_concurrent_jobs={size.files}, watch.settle_s=0.5, "
+        "other settings default (so the request budget is the default one, which the real "
+        "account limit allows); the files are an hour old, so they are taken at once. Webhooks: assemblyai.webhook_url=http://127.0.0.1:PORT/webhook "
         "and http.listen=127.0.0.1:PORT.",
         "SDK: assemblyai "
         + _sdk_version()

@@ -1,9 +1,10 @@
-"""Request budget: does the daemon keep to its configured requests per second?
+"""Request budget: does the daemon keep to its configured budget?
 
 200 jobs against a fake server process with 10 s latency and a cap of 200, the daemon
-(``run --once``) with its default ``assemblyai.requests_per_s`` (40). The fake counts requests per
-whole second of its monotonic clock; the peak of those buckets is compared with the budget.
-The account's own limit is 20,000 requests per 5 minutes (about 66/s).
+(``run --once``) with its default budget: ``assemblyai.request_burst`` (1000) requests at once,
+refilled at ``assemblyai.requests_per_s`` (40). The fake counts requests per whole second of its
+monotonic clock; over every run of consecutive seconds, the requests beyond the rate must stay
+within the burst. The account's own limit is 20,000 requests in any 5 minutes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from bench.common import (
 from transcribed.config import AssemblyAISettings
 
 NAME = "budget"
-BUDGET_RPS = AssemblyAISettings().requests_per_s  # the daemon's default
-ACCOUNT_RPS = 20_000 / 300
+BUDGET_RPS = AssemblyAISettings().requests_per_s  # the daemon's defaults
+BURST = AssemblyAISettings().request_burst
+ACCOUNT_PER_5_MIN = 20_000
 
 
 @dataclass(frozen=True)
@@ -57,19 +59,26 @@ def run(quick: bool) -> list[Table]:
         done = count_outputs(folders.outbox)
     wall = usage.ended_at - daemon.started_at
     ideal = size.latency_s * math.ceil(size.files / size.cap)
+    beyond = counters.burst_beyond(BUDGET_RPS)
     table = Table(
         f"budget: {size.files} jobs, fake latency {size.latency_s:g} s, cap {size.cap}, "
-        f"daemon defaults (requests_per_s = {BUDGET_RPS:g})",
+        f"daemon defaults (request_burst = {BURST}, requests_per_s = {BUDGET_RPS:g})",
         ["metric", "value", "target", "result"],
     )
     table.add(
-        "peak requests in one second",
-        str(counters.peak_rps),
-        f"<= {BUDGET_RPS:g} (the configured budget)",
-        verdict(counters.peak_rps <= BUDGET_RPS),
+        "most requests beyond the rate, over any run of seconds",
+        fmt(beyond, 0),
+        f"<= {BURST} (request_burst)",
+        verdict(beyond <= BURST + 1),
     )
-    table.add("configured budget (requests/s)", fmt(BUDGET_RPS, 0), "", "")
-    table.add("account limit (requests/s, 20,000 per 5 min)", fmt(ACCOUNT_RPS, 1), "", "")
+    worst = BURST + BUDGET_RPS * 300
+    table.add(
+        "most requests the budget allows in 5 minutes",
+        fmt(worst, 0),
+        f"<= {ACCOUNT_PER_5_MIN:,} (the account limit)",
+        verdict(worst <= ACCOUNT_PER_5_MIN),
+    )
+    table.add("peak requests in one second", str(counters.peak_rps), "", "")
     table.add("total requests", str(counters.total_requests), "", "")
     table.add("requests per job", fmt(counters.total_requests / size.files), "", "")
     table.add("polls per job (GET /v2/transcript/{id})", fmt(counters.polls / size.files), "", "")
@@ -78,9 +87,11 @@ def run(quick: bool) -> list[Table]:
     table.add("wall s (ideal)", f"{wall:.1f} ({ideal:g})", "", "")
     table.add("transcripts", f"{done}/{size.files}", "", "")
     table.notes += [
-        "the target row is implied by the scenario (the issue lists no figure): a second of "
-        "the fake's clock should not see more requests than the daemon's budget.",
+        "the target rows are implied by the scenario (the issue lists no figure): the "
+        "requests may run ahead of the sustained rate by at most the burst, and the budget "
+        "as configured must fit the account's 20,000 requests per 5 minutes.",
         "requests per second are counted by the fake in whole seconds of its monotonic "
-        "clock, so a burst that straddles a boundary is split between two buckets.",
+        "clock; a run of n seconds is compared with n x requests_per_s (+1 for the bucket's "
+        "edges).",
     ]
     return [table]

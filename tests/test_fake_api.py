@@ -28,6 +28,7 @@ from transcribed.testing import (
     ROUTE_UPLOAD,
     FakeAssemblyAI,
     FakeConfig,
+    FakeCounters,
     FaultConfig,
     fake_text_for,
     looks_like_audio,
@@ -684,6 +685,15 @@ async def test_counters_track_requests_uploads_submits_and_polls(
     fake.reset_counters()
     assert fake.counters.total_requests == 0 and fake.counters.peak_rps == 0
     assert fake.counters.uploads_by_sha256 == {}
+
+
+def test_burst_beyond_is_the_worst_run_of_seconds_over_the_rate() -> None:
+    counters = FakeCounters()
+    counters.requests_per_second.update({100: 25, 101: 15, 103: 12})
+    # 100-101 run 20 ahead of 10/s; the quiet second 102 gives 10 back; 103 adds only 2.
+    assert counters.burst_beyond(10.0) == 20
+    assert counters.burst_beyond(30.0) == 0
+    assert FakeCounters().burst_beyond(1.0) == 0
 
 
 # -- lifecycle and standalone ----------------------------------------------------------

@@ -31,7 +31,7 @@ class _Checkpoints:
     def uploaded(self, upload_url: str) -> None:
         self.events.append(("uploaded", upload_url))
 
-    def submitting(self) -> None:
+    async def submitting(self) -> None:
         self.events.append(("submitting", None))
 
     def submitted(self, transcript_id: str) -> None:
@@ -196,13 +196,36 @@ async def test_request_rate_stays_within_the_budget(folders: Folders) -> None:
         settings = settings_for(
             folders,
             fake,
-            **{"assemblyai.requests_per_s": 10.0, "assemblyai.poll_min_s": 0.2},
+            **{
+                "assemblyai.requests_per_s": 10.0,
+                "assemblyai.request_burst": 5,
+                "assemblyai.poll_min_s": 0.2,
+            },
         )
         started = time.monotonic()
         assert await Service(settings, once=True).run() == 0
         elapsed = time.monotonic() - started
+        beyond = fake.counters.burst_beyond(10.0)
         peak = fake.counters.peak_rps
         total = fake.counters.total_requests
-    print(f"60 jobs, budget 10/s: peak {peak}/s, {total} requests in {elapsed:.1f}s")
-    assert peak <= 10
-    assert total / elapsed <= 10.5
+    print(f"60 jobs, 10/s + burst 5: peak {peak}/s, {beyond:g} beyond the rate, {total} requests")
+    assert beyond <= 5 + 1
+    assert peak <= 10 + 5 + 1
+    assert total <= 10 * elapsed + 5 + 1
+
+
+async def test_a_burst_goes_out_at_once_then_the_rate_holds(folders: Folders) -> None:
+    config = FakeConfig(api_keys=(API_KEY,), latency_s=1.0, concurrency=100)
+    async with FakeAssemblyAI(config) as fake:
+        for i in range(20):
+            make_audio(folders.inbox / f"{i}.mp3", seed=f"burst{i}")
+        settings = settings_for(
+            folders,
+            fake,
+            **{"assemblyai.requests_per_s": 5.0, "assemblyai.request_burst": 40},
+        )
+        assert await Service(settings, once=True).run() == 0
+        counters = fake.counters
+    # 20 uploads and 20 submits fit the burst: they need not wait for the 5/s rate.
+    assert counters.peak_rps >= 30
+    assert counters.burst_beyond(5.0) <= 40 + 1

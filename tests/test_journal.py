@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from transcribed.errors import LocalIOError
 from transcribed.journal import Journal, JournalError
 
 
@@ -66,3 +70,66 @@ def test_output_names_are_reserved_once(tmp_path: Path) -> None:
         assert journal.reserve_output_base(a, candidates, lambda _b: False) == "x/a"
         assert journal.reserve_output_base(a, candidates, lambda _b: False) == "x/a"
         assert journal.reserve_output_base(b, candidates, lambda _b: False) == "x/a.ext"
+
+
+def test_a_transaction_commits_everything_inside_once_or_nothing(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        job = journal.discover("a.mp3", 10, 1)
+        assert job is not None
+        with pytest.raises(RuntimeError), journal.transaction():
+            journal.set_state(job, "uploading")
+            journal.update(job, upload_url="u")
+            raise RuntimeError("changed my mind")
+        assert (journal.get(job).state, journal.get(job).upload_url) == ("discovered", None)
+
+        reader = sqlite3.connect(journal.path)
+        with journal.transaction():
+            journal.set_state(job, "uploading")
+            journal.update(job, upload_url="u")
+            # Nothing is visible to another connection until the outermost block ends.
+            assert reader.execute("SELECT state FROM jobs").fetchone() == ("discovered",)
+        assert reader.execute("SELECT state, upload_url FROM jobs").fetchone() == ("uploading", "u")
+        reader.close()
+
+
+class _HeldSync(Journal):
+    """A journal whose first fsync waits until the test lets it go."""
+
+    def __init__(self, state_dir: Path, error: OSError | None = None) -> None:
+        super().__init__(state_dir)
+        self.syncs = 0
+        self.running = threading.Event()
+        self.release = threading.Event()
+        self.error = error
+
+    def sync(self) -> None:
+        self.syncs += 1
+        self.running.set()
+        self.release.wait(10)
+        if self.error is not None:
+            raise self.error
+        super().sync()
+
+
+async def test_callers_of_durable_share_the_next_fsync(tmp_path: Path) -> None:
+    with _HeldSync(tmp_path) as journal:
+        job = journal.discover("a.mp3", 10, 1)
+        assert job is not None
+        first = asyncio.create_task(journal.durable())
+        await asyncio.to_thread(journal.running.wait, 10)
+        # These commit while the first fsync runs, so they need the next one, and share it.
+        journal.update(job, submit_started_at=1.0)
+        rest = [asyncio.create_task(journal.durable()) for _ in range(10)]
+        await asyncio.sleep(0)  # one turn of the loop: every task registers its wait
+        assert not any(task.done() for task in [first, *rest])
+        journal.release.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert journal.syncs == 2
+
+
+async def test_a_failing_fsync_is_a_local_io_error_for_every_waiter(tmp_path: Path) -> None:
+    error = OSError(errno.EIO, "Input/output error")
+    with _HeldSync(tmp_path, error) as journal:
+        journal.release.set()
+        results = await asyncio.gather(journal.durable(), journal.durable(), return_exceptions=True)
+    assert all(isinstance(r, LocalIOError) and "Input/output" in str(r) for r in results)

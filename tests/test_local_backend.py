@@ -50,7 +50,7 @@ class NoCheckpoints:
     def uploaded(self, upload_url: str) -> None:
         raise AssertionError("uploaded")
 
-    def submitting(self) -> None:
+    async def submitting(self) -> None:
         raise AssertionError("submitting")
 
     def submitted(self, transcript_id: str) -> None:

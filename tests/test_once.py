@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import (
     API_KEY,
     Folders,
@@ -95,6 +97,21 @@ async def test_wrong_key_exits_2_with_a_clear_message_and_moves_nothing(
     assert (folders.inbox / "a.mp3").is_file()
     assert not folders.done.exists() or not any(folders.done.iterdir())
     assert fake.counters.uploads_started == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_runs_on_either_event_loop(folders: Folders, fake: FakeAssemblyAI, loop: str) -> None:
+    shas = [make_audio(folders.inbox / f"{loop}-{i}.mp3", seed=f"{loop}{i}") for i in range(3)]
+    config = write_config(folders, fake)
+    proc = await run_cli(
+        daemon_command(config, "--once", "--set", f"daemon.event_loop={loop}"), clean_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    started = next(e for e in events if e["event"] == "daemon_started")
+    assert started["event_loop"] == loop
+    for i, sha in enumerate(shas):
+        assert (folders.outbox / f"{loop}-{i}.txt").read_text() == expected_text(sha) + "\n"
 
 
 def test_missing_inbox_and_bad_values_exit_2_naming_the_problem(folders: Folders) -> None:

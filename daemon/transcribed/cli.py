@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,11 @@ def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
     from transcribed.service import Service
     from transcribed.systemd import Notifier
 
+    try:
+        loop_factory = _loop_factory(settings.daemon.event_loop)
+    except ConfigError as exc:
+        print(f"transcribed: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
     notifier = Notifier.from_environ(environ)  # $NOTIFY_SOCKET and $WATCHDOG_USEC under systemd
     progress = once and sys.stdout.isatty()
@@ -100,7 +106,24 @@ def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
     async def main() -> int:
         return await Service(settings, once=once, notifier=notifier, progress=progress).run()
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or with ``auto`` when it is installed; else asyncio's own loop.
+
+    uvloop runs the same code with less work per request, which shows when hundreds of
+    uploads and submits go out at once."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("daemon.event_loop = 'uvloop', but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
@@ -139,4 +162,9 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
 
 
 def main() -> int:
-    return cli(sys.argv[1:])
+    code = cli(sys.argv[1:])
+    # Everything left is garbage once the command is done: freezing it spares the interpreter a
+    # last full collection over a large heap at exit (a tenth of a second after a big batch).
+    # Finalizers and atexit handlers still run as usual.
+    gc.freeze()
+    return code

@@ -70,6 +70,7 @@ class AssemblyAISettings(_Section):
     max_concurrent_jobs: int = Field(200, ge=1, le=10_000)
     max_concurrent_uploads: int = Field(4, ge=1, le=64)
     requests_per_s: float = Field(40.0, gt=0)
+    request_burst: int = Field(1000, ge=1)
     poll_min_s: float = Field(1.0, gt=0)
     poll_max_s: float = Field(20.0, gt=0)
     retry_max_backoff_s: float = Field(60.0, gt=0)
@@ -146,8 +147,9 @@ class DaemonSettings(_Section):
     dedupe: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "event_loop", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -2,10 +2,11 @@
 
 Every remote step is committed here before the next one starts (WAL), so a restart, even
 after ``kill -9``, resumes a job where it stood instead of repeating a paid step. A commit
-survives the process dying at once; the few that guard against paying twice (a submit about to
-be sent, its transcript id) are also fsynced (``durable=True``), so they survive a power cut,
-while the rest skip that cost. Calls are short synchronous statements on the event loop's
-thread: they cannot be interrupted half-way by task cancellation.
+survives the process dying at once. The few that guard against paying twice (a submit about to
+be sent) must also survive a power cut: :meth:`Journal.durable` fsyncs the WAL for them in a
+thread, one fsync for every job that asked meanwhile (group commit), so neither the event loop
+nor the other jobs wait for the disk. Calls are short synchronous statements on the event
+loop's thread: they cannot be interrupted half-way by task cancellation.
 
 States: ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed`` (outputs written) ->
 ``archived`` (source moved to done/), or ``failed``. ``source_moved`` is 0 while the source is
@@ -14,6 +15,7 @@ still in the inbox; at most one such row exists per inbox path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -26,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from transcribed.errors import ConfigError
+from transcribed.errors import ConfigError, LocalIOError
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
@@ -123,6 +125,9 @@ class Journal:
         self._readonly = readonly
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._depth = 0
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._syncer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Journal:
@@ -206,21 +211,79 @@ class Journal:
         return self._db
 
     @contextlib.contextmanager
-    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One commit for every statement and write inside; nested uses join the outer one."""
         db = self.db
-        if durable:
-            db.execute("PRAGMA synchronous=FULL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        if self._depth:
+            self._depth += 1
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            finally:
+                self._depth -= 1
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
             db.execute("COMMIT")
         finally:
-            if durable:
-                db.execute("PRAGMA synchronous=NORMAL")
+            self._depth = 0
+
+    # -- durability ------------------------------------------------------------------------
+    def sync(self) -> None:
+        """fsync every commit made so far, so that it survives a power cut.
+
+        A commit is in the WAL file when it returns, but with ``synchronous=NORMAL`` it only
+        reaches the disk at the next checkpoint; fsyncing the WAL does for all of them what
+        ``synchronous=FULL`` does for one. Without a WAL file every commit has already been
+        checkpointed (and synced) into the database. Touches no connection: thread-safe.
+        """
+        try:
+            fd = os.open(self.path.with_name(self.path.name + "-wal"), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def durable(self) -> None:
+        """Return once every commit made before this call is on disk (see :meth:`sync`).
+
+        Callers that ask while an fsync runs share the next one; the fsync runs in a thread.
+        Raises ``LocalIOError`` when the disk refuses.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._sync_waiters.append(waiter)
+        if self._syncer is None or self._syncer.done():
+            self._syncer = loop.create_task(self._sync_waiting(), name="journal-sync")
+        await waiter
+
+    async def _sync_waiting(self) -> None:
+        while self._sync_waiters:
+            batch, self._sync_waiters = self._sync_waiters, []
+            error: LocalIOError | None = None
+            try:
+                await asyncio.to_thread(self.sync)
+            except OSError as exc:
+                error = LocalIOError(f"cannot sync the journal: {exc.strerror or exc}")
+            except asyncio.CancelledError:  # the loop is closing: nobody may wait for ever
+                for waiter in batch + self._sync_waiters:
+                    waiter.cancel()
+                self._sync_waiters.clear()
+                raise
+            for waiter in batch:
+                if waiter.done():  # its caller was cancelled meanwhile
+                    continue
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
 
     # -- queries ---------------------------------------------------------------------------
     def get(self, job_id: int) -> JobRow:
@@ -294,7 +357,7 @@ class Journal:
         """A random secret kept in the journal, made on first use (e.g. for webhooks), so
         that notifications for jobs submitted before a restart are still accepted."""
         key = f"secret:{name}"
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row is not None:
                 return str(row[0])
@@ -319,7 +382,7 @@ class Journal:
         Returns the paths that became new jobs, with their ids."""
         now = time.time()
         new_ids: dict[str, int] = {}
-        with self._tx() as db:
+        with self.transaction() as db:
             for path, size, mtime_ns in files:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, "
@@ -330,24 +393,24 @@ class Journal:
                     new_ids[path] = cur.lastrowid
         return new_ids
 
-    def update(self, job_id: int, *, durable: bool = False, **values: Any) -> None:
-        """Set columns of one job; ``durable`` also fsyncs the commit."""
+    def update(self, job_id: int, **values: Any) -> None:
+        """Set columns of one job."""
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
         values["updated_at"] = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
-        with self._tx(durable=durable) as db:
+        with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
 
-    def set_state(self, job_id: int, state: str, *, durable: bool = False, **values: Any) -> None:
+    def set_state(self, job_id: int, state: str, **values: Any) -> None:
         if state not in STATES:
             raise ValueError(state)
-        self.update(job_id, durable=durable, state=state, **values)
+        self.update(job_id, state=state, **values)
 
     def reserve_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
         """Pick the first candidate that no other job owns and ``exists(base)`` says is free."""
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT output_base FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None and row[0]:
                 return str(row[0])

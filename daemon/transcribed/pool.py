@@ -32,7 +32,7 @@ log = get_logger("transcribed.pool")
 SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
-ADMIT_AT_ONCE = 16
+ADMIT_AT_ONCE = 64
 #: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
 REMOTE_BACKENDS = frozenset({"assemblyai"})
 
@@ -62,10 +62,11 @@ class _Checkpoints:
     def uploaded(self, upload_url: str) -> None:
         self._journal.update(self._id, upload_url=upload_url, uploaded_at=time.time())
 
-    def submitting(self) -> None:
+    async def submitting(self) -> None:
         # Durable: after a power cut this is what sends a restart to look the submit up
         # instead of paying again.
-        self._journal.update(self._id, durable=True, submit_started_at=time.time())
+        self._journal.update(self._id, submit_started_at=time.time())
+        await self._journal.durable()
         self._release()
 
     def submitted(self, transcript_id: str) -> None:
@@ -330,32 +331,10 @@ class Pool:
                 "mtime_ns": info.st_mtime_ns,
                 "backend": self._backend.name,
             }
-            if self._dedupe and self._backend.name in REMOTE_BACKENDS:
-                other = self._journal.find_same_content(sha256, self._backend.name, row.id)
-                if other is not None and other.transcript_id is None:
-                    # The same bytes are being uploaded by another job: wait for its transcript.
-                    self._journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
-                    return None
-                if other is not None:
-                    log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
-                    self.stats.reused += 1
-                    self._journal.set_state(
-                        row.id,
-                        "submitted",
-                        **facts,
-                        transcript_id=other.transcript_id,
-                        submitted_at=other.submitted_at,
-                        reused_from=other.id,
-                    )
-            if self._journal.get(row.id).reused_from is None:
-                self._journal.set_state(
-                    row.id,
-                    "uploading",
-                    **facts,
-                    attempts=row.attempts + 1,
-                )
-            row = self._journal.get(row.id)
-            self._reserve(row)
+            taken = self._take(row, facts)
+            if taken is None:
+                return None
+            row = taken
         return Job(
             id=row.id,
             path=source,
@@ -368,6 +347,35 @@ class Pool:
             submitted_at=row.submitted_at,
             attempts=row.attempts,
         )
+
+    def _take(self, row: JobRow, facts: dict[str, Any]) -> JobRow | None:
+        """Record a hashed file's facts, its next state and its output name in one commit;
+        None when another job is uploading the same bytes and this one waits for it."""
+        journal = self._journal
+        with journal.transaction():
+            other = None
+            if self._dedupe and self._backend.name in REMOTE_BACKENDS:
+                other = journal.find_same_content(facts["sha256"], self._backend.name, row.id)
+            if other is not None and other.transcript_id is None:
+                # The same bytes are being uploaded by another job: wait for its transcript.
+                journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
+                return None
+            if other is not None:
+                log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
+                self.stats.reused += 1
+                journal.set_state(
+                    row.id,
+                    "submitted",
+                    **facts,
+                    transcript_id=other.transcript_id,
+                    submitted_at=other.submitted_at,
+                    reused_from=other.id,
+                )
+            else:
+                journal.set_state(row.id, "uploading", **facts, attempts=row.attempts + 1)
+            row = journal.get(row.id)
+            self._reserve(row)
+            return row
 
     def _reserve(self, row: JobRow) -> str:
         return self._journal.reserve_output_base(

@@ -309,6 +309,7 @@ class Service:
             inbox=str(watcher.inbox),
             backend=self.backend.name if self.backend else None,
             once=self.once,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         stop_wait = asyncio.create_task(self.stop.wait())
         await asyncio.wait([work, stop_wait], return_when=asyncio.FIRST_COMPLETED)

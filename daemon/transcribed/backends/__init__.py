@@ -30,11 +30,14 @@ class Job:
 
 
 class Checkpoints(Protocol):
-    """Where a backend records remote progress. Each call is durable when it returns."""
+    """Where a backend records remote progress before its next step.
+
+    Each record survives the process dying once the call returns; ``submitting`` also survives
+    a power cut, since what it guards (a submit about to be sent) is paid for."""
 
     def uploaded(self, upload_url: str) -> None: ...
 
-    def submitting(self) -> None: ...
+    async def submitting(self) -> None: ...
 
     def submitted(self, transcript_id: str) -> None: ...
 

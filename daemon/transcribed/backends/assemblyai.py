@@ -100,9 +100,14 @@ class AssemblyAIBackend:
 
     async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
         transcript_id, upload_url = job.transcript_id, job.upload_url
-        duration_s = await asyncio.to_thread(audio_duration_s, job.path)
-        if transcript_id is None:
-            transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
+        # Only polling needs the duration: read it while the file goes up.
+        reading = asyncio.ensure_future(asyncio.to_thread(audio_duration_s, job.path))
+        try:
+            if transcript_id is None:
+                transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
+            duration_s = await reading
+        finally:
+            reading.cancel()  # a no-op once read; else the thread's answer is dropped
         transcript = await self._poll(
             transcript_id,
             upload_url,
@@ -142,7 +147,7 @@ class AssemblyAIBackend:
             upload_url = await self._upload(job, checkpoints)
         for _ in range(3):
             checkpoints.phase("submitting")
-            checkpoints.submitting()
+            await checkpoints.submitting()
             try:
                 transcript_id = await self.client.submit({**self._params, "audio_url": upload_url})
             except UploadExpiredError:
@@ -210,7 +215,7 @@ class AssemblyAIBackend:
                 if s.resubmit_stuck and not resubmitted and upload_url is not None:
                     resubmitted = True
                     checkpoints.phase("submitting")
-                    checkpoints.submitting()
+                    await checkpoints.submitting()
                     new_id = await self.client.submit({**self._params, "audio_url": upload_url})
                     checkpoints.submitted(new_id)
                     log.warning("job_resubmitted", transcript_id=new_id, previous=transcript_id)

@@ -37,6 +37,8 @@ MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 USER_AGENT = "transcribed/0.1 (+aiohttp)"
 #: Transient failures with no success in between for this long make the client "degraded".
 DEGRADED_AFTER_S = 30.0
+#: The account's HTTP limit: 20,000 requests in any 5 minutes.
+ACCOUNT_LIMIT = (20_000, 300.0)
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -57,9 +59,20 @@ class AssemblyAIClient:
         self._key = settings.api_key.get_secret_value()
         self._metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
-        # A leaky bucket that holds a tenth of the budget and drains at nine tenths of it: a
-        # burst plus a full second of draining still fits the budget in any one second.
-        self._limiter = AsyncLimiter(max(1.0, settings.requests_per_s / 10), 1 / 9)
+        # A token bucket: up to request_burst requests at once, refilled at requests_per_s.
+        # Any t seconds then see at most burst + rate * t requests, which is how the account
+        # limit is counted (20,000 per 5 minutes): a backlog's uploads go out at once, and a
+        # long run settles at the sustained rate.
+        self._limiter = AsyncLimiter(
+            settings.request_burst, settings.request_burst / settings.requests_per_s
+        )
+        most, window_s = ACCOUNT_LIMIT
+        if settings.request_burst + settings.requests_per_s * window_s > most:
+            log.warning(
+                "request_budget_above_account_limit",
+                requests_per_5_min=round(settings.request_burst + settings.requests_per_s * 300),
+                account_limit=most,
+            )
         self._pause_until = 0.0
         self._failing_since: float | None = None
         self.degraded = False
@@ -212,30 +225,39 @@ class AssemblyAIClient:
         await self._once("GET", "/v2/transcript", "list", params={"limit": "1"})
 
     async def upload(self, path: Path, size: int, on_bytes: Callable[[int], None]) -> str:
-        """Stream a file to ``/v2/upload`` in 1 MiB chunks; returns the ``upload_url``."""
+        """Stream a file to ``/v2/upload`` in 1 MiB chunks (a smaller one in one piece);
+        returns the ``upload_url``."""
 
-        async def attempt() -> str:
+        async def send() -> Any:
             timeout = aiohttp.ClientTimeout(
                 total=self._settings.connect_timeout_s
                 + self._settings.read_timeout_s
                 + size / MIN_UPLOAD_BYTES_PER_S,
                 sock_connect=self._settings.connect_timeout_s,
             )
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            if size <= CHUNK_BYTES:
+                # One chunk: read it in a single trip to a thread and send it as it is.
+                body = await asyncio.to_thread(_read_small, path, size)
+                on_bytes(len(body))
+                return await self._once(
+                    "POST", "/v2/upload", "upload", data=body, headers=headers, timeout=timeout
+                )
             # The file belongs to this task, not to the body generator that aiohttp drives
             # from its own writer task, so it is closed however the request ends.
             # O_NOFOLLOW: a file swapped for a symlink after it was checked is refused.
             async with aiofiles.open(path, "rb", opener=_open_nofollow) as handle:
-                answer = await self._once(
+                return await self._once(
                     "POST",
                     "/v2/upload",
                     "upload",
                     data=_read_chunks(handle, size, on_bytes),
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Length": str(size),
-                    },
+                    headers=headers,
                     timeout=timeout,
                 )
+
+        async def attempt() -> str:
+            answer = await send()
             url = answer.get("upload_url") if isinstance(answer, dict) else None
             if not isinstance(url, str):
                 raise TransientError("upload answer has no upload_url")
@@ -315,6 +337,15 @@ async def _read_chunks(
         yield chunk
     if left:
         raise TransientError("the file shrank while it was being uploaded")
+
+
+def _read_small(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a small file (the length the request announced)."""
+    with open(_open_nofollow(str(path), os.O_RDONLY), "rb") as handle:
+        body = handle.read(size)
+    if len(body) < size:
+        raise TransientError("the file shrank while it was being uploaded")
+    return body
 
 
 def _open_nofollow(path: str, flags: int) -> int:

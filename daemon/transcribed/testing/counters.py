@@ -67,6 +67,15 @@ class FakeCounters:
         """The most requests seen within one whole second."""
         return max(self.requests_per_second.values(), default=0)
 
+    def burst_beyond(self, rate: float) -> float:
+        """How far the requests ran ahead of ``rate`` per second at their worst.
+
+        The most, over every run of consecutive whole seconds, by which the requests in it
+        exceed ``rate`` x its length. A client with a token bucket of ``burst`` tokens refilled
+        at ``rate`` keeps this at or below ``burst`` (plus one for the bucket boundaries).
+        """
+        return _burst_beyond(self.requests_per_second, rate)
+
     @property
     def submits(self) -> int:
         """Transcripts created (accepted submits)."""
@@ -77,3 +86,14 @@ class FakeCounters:
         fresh = FakeCounters()
         for f in fields(self):
             setattr(self, f.name, getattr(fresh, f.name))
+
+
+def _burst_beyond(per_second: Counter[int], rate: float) -> float:
+    if not per_second:
+        return 0.0
+    worst = running = 0.0
+    for second in range(min(per_second), max(per_second) + 1):
+        # The best run ending at this second (Kadane's maximum subarray).
+        running = max(0.0, running) + per_second.get(second, 0) - rate
+        worst = max(worst, running)
+    return worst

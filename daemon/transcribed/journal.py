@@ -15,7 +15,6 @@ still in the inbox; at most one such row exists per inbox path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import itertools
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.errors import ConfigError, LocalIOError
+from transcribed.groupsync import GroupSync
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
@@ -126,8 +126,7 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._depth = 0
-        self._sync_waiters: list[asyncio.Future[None]] = []
-        self._syncer: asyncio.Task[None] | None = None
+        self._syncs = GroupSync(self.sync)
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Journal:
@@ -257,33 +256,10 @@ class Journal:
         Callers that ask while an fsync runs share the next one; the fsync runs in a thread.
         Raises ``LocalIOError`` when the disk refuses.
         """
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._sync_waiters.append(waiter)
-        if self._syncer is None or self._syncer.done():
-            self._syncer = loop.create_task(self._sync_waiting(), name="journal-sync")
-        await waiter
-
-    async def _sync_waiting(self) -> None:
-        while self._sync_waiters:
-            batch, self._sync_waiters = self._sync_waiters, []
-            error: LocalIOError | None = None
-            try:
-                await asyncio.to_thread(self.sync)
-            except OSError as exc:
-                error = LocalIOError(f"cannot sync the journal: {exc.strerror or exc}")
-            except asyncio.CancelledError:  # the loop is closing: nobody may wait for ever
-                for waiter in batch + self._sync_waiters:
-                    waiter.cancel()
-                self._sync_waiters.clear()
-                raise
-            for waiter in batch:
-                if waiter.done():  # its caller was cancelled meanwhile
-                    continue
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
+        try:
+            await self._syncs.wait()
+        except OSError as exc:
+            raise LocalIOError(f"cannot sync the journal: {exc.strerror or exc}") from exc
 
     # -- queries ---------------------------------------------------------------------------
     def get(self, job_id: int) -> JobRow:

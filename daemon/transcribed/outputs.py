@@ -1,6 +1,7 @@
 """Results on disk: atomic transcript writes, and moving sources to done/ or failed/.
 
 Every file appears complete or not at all (temp file, fsync, rename, fsync of the folder).
+Jobs that finish together share their folders' fsyncs (:mod:`transcribed.groupsync`).
 A name that is already taken is never overwritten: the caller reserves a free output name
 through the journal, and a source moved onto an existing name gets a numbered one.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import os
 import secrets
@@ -19,6 +21,7 @@ from typing import Any
 
 from transcribed.backends import Result
 from transcribed.errors import LocalIOError
+from transcribed.groupsync import GroupSync
 from transcribed.paths import TEMP_PREFIX, numbered, report_path
 
 
@@ -30,10 +33,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
+def write_files_atomic(
+    files: Sequence[tuple[Path, bytes]], *, sync_folders: bool = True
+) -> set[Path]:
     """Write each file so that readers see the old file or all of the new one (blocking).
 
-    Temp file in the same folder, fsync, rename; then one fsync per folder for the renames.
+    Temp file in the same folder, fsync, rename; then one fsync per folder for the renames,
+    unless the caller syncs the folders it is given back.
     """
     folders: set[Path] = set()
     for path, data in files:
@@ -49,8 +55,10 @@ def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
             tmp.unlink(missing_ok=True)
             raise
         folders.add(path.parent)
-    for folder in folders:
-        _fsync_dir(folder)
+    if sync_folders:
+        for folder in folders:
+            _fsync_dir(folder)
+    return folders
 
 
 async def write_atomic(path: Path, data: bytes) -> None:
@@ -66,8 +74,9 @@ def render(result: Result, fmt: str) -> bytes:
     return result.subtitles[fmt].encode()
 
 
-def move_file(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` durably, copying across file systems (blocking)."""
+def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
+    """Move ``src`` to ``dst`` durably, copying across file systems (blocking); the caller
+    syncs ``dst``'s folder when ``sync_folder`` is false."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         src.rename(dst)
@@ -84,7 +93,8 @@ def move_file(src: Path, dst: Path) -> None:
             tmp.unlink(missing_ok=True)
             raise
         src.unlink()
-    _fsync_dir(dst.parent)
+    if sync_folder:
+        _fsync_dir(dst.parent)
 
 
 class Outputs:
@@ -95,6 +105,7 @@ class Outputs:
         self.done = done
         self.failed = failed
         self.formats = tuple(formats)
+        self._folder_syncs: dict[Path, GroupSync] = {}
 
     def paths_for(self, base: str) -> list[Path]:
         return [self.outbox / f"{base}.{fmt}" for fmt in self.formats]
@@ -109,7 +120,9 @@ class Outputs:
         try:
             # One trip to a worker thread for all of a job's files: with a large backlog the
             # hops, not the bytes, are what cost.
-            await asyncio.to_thread(write_files_atomic, files)
+            folders = await asyncio.to_thread(write_files_atomic, files, sync_folders=False)
+            for folder in folders:
+                await self._sync_folder(folder)
         except OSError as exc:
             raise LocalIOError(
                 f"cannot write {exc.filename or self.outbox}: {exc.strerror}"
@@ -138,8 +151,21 @@ class Outputs:
         while (root / final).exists() or (root / report_path(final)).exists():
             n += 1
             final = numbered(rel_path, n)
+        target = root / PurePosixPath(final)
         try:
-            await asyncio.to_thread(move_file, source, root / PurePosixPath(final))
+            await asyncio.to_thread(move_file, source, target, sync_folder=False)
+            await self._sync_folder(target.parent)
         except OSError as exc:
             raise LocalIOError(f"cannot move {source} to {root}: {exc.strerror}") from exc
         return final
+
+    async def _sync_folder(self, folder: Path) -> None:
+        """fsync ``folder``, sharing the fsync with other jobs that wait on the same folder."""
+        group = self._folder_syncs.get(folder)
+        if group is None:
+            group = self._folder_syncs[folder] = GroupSync(functools.partial(_fsync_dir, folder))
+        try:
+            await group.wait()
+        finally:
+            if group.idle and self._folder_syncs.get(folder) is group:
+                del self._folder_syncs[folder]

@@ -28,7 +28,7 @@ from transcribed.logs import get_logger
 
 log = get_logger("transcribed.status")
 
-SWEEP_MIN_S = 0.25
+SWEEP_MIN_S = 0.1
 #: The share of the request budget that status checks (sweeps and polls) may use.
 POLL_SHARE = 0.5
 LIST_PAGE = 200
@@ -162,6 +162,7 @@ class StatusTracker:
         if not self._watches:
             return
         oldest = min(w.submitted_at for w in self._watches.values()) - CREATED_MARGIN_S
+        unseen = set(self._watches)
         before: str | None = None
         for pages in range(1, MAX_PAGES + 1):
             self._last_pages = pages
@@ -169,8 +170,14 @@ class StatusTracker:
             page: dict[str, Any] = await self._client.list_transcripts(**params)
             items = page.get("transcripts") or []
             for item in items:
+                transcript_id = str(item.get("id"))
+                unseen.discard(transcript_id)
                 if item.get("status") in FINISHED:
-                    self.notify(str(item.get("id")), str(item["status"]))
-            if len(items) < LIST_PAGE or created_epoch(items[-1].get("created")) < oldest:
+                    self.notify(transcript_id, str(item["status"]))
+            if (
+                not unseen  # every job we wait for was on these pages
+                or len(items) < LIST_PAGE
+                or created_epoch(items[-1].get("created")) < oldest
+            ):
                 return
             before = str(items[-1]["id"])

@@ -1,0 +1,53 @@
+"""Group commit: callers that each need an fsync share one.
+
+When a hundred jobs finish together, each needs its folder (or the journal) on disk before it
+moves on, but one fsync that starts after all of them have written covers them all. A caller
+waits for the first flush that *starts* after it asked; callers that ask while a flush runs
+share the next one. The flush runs in a worker thread, so the event loop never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class GroupSync:
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._waiters: list[asyncio.Future[None]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiters and (self._runner is None or self._runner.done())
+
+    async def wait(self) -> None:
+        """Return once a flush that started after this call has finished; raises its error."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run(), name="group-sync")
+        await waiter
+
+    async def _run(self) -> None:
+        while self._waiters:
+            batch, self._waiters = self._waiters, []
+            error: OSError | None = None
+            try:
+                await asyncio.to_thread(self._flush)
+            except OSError as exc:
+                error = exc
+            except asyncio.CancelledError:  # the loop is closing: nobody may wait for ever
+                for waiter in batch + self._waiters:
+                    waiter.cancel()
+                self._waiters.clear()
+                raise
+            for waiter in batch:
+                if waiter.done():  # its caller was cancelled meanwhile
+                    continue
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from transcribed.testing.config_file import write_toml
+from transcribed.testing.counters import burst_beyond
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -216,6 +217,7 @@ class Counters:
     lists: int
     webhook_deliveries: int
     requests: list[tuple[str, str, int, int]]
+    requests_per_second: dict[int, int]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Counters:
@@ -229,7 +231,12 @@ class Counters:
             lists=data["lists"],
             webhook_deliveries=data["webhook_deliveries"],
             requests=[(m, r, s, n) for m, r, s, n in data["requests"]],
+            requests_per_second={int(second): n for second, n in data["requests_per_second"]},
         )
+
+    def burst_beyond(self, rate: float) -> float:
+        """The most requests beyond ``rate`` per second over any run of whole seconds."""
+        return burst_beyond(self.requests_per_second, rate)
 
 
 class FakeServer:

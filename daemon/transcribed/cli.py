@@ -163,8 +163,8 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
 
 def main() -> int:
     code = cli(sys.argv[1:])
-    # Everything left is garbage once the command is done: freezing it spares the interpreter a
-    # last full collection over a large heap at exit (a tenth of a second after a big batch).
-    # Finalizers and atexit handlers still run as usual.
+    # The command is done: freezing the heap spares the interpreter's last garbage collection
+    # at exit a pass over everything a big batch left behind (most of a tenth of a second
+    # after 400 files). Finalizers and atexit handlers still run as usual.
     gc.freeze()
     return code

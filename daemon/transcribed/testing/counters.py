@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 DROPPED = 0
@@ -74,7 +75,7 @@ class FakeCounters:
         exceed ``rate`` x its length. A client with a token bucket of ``burst`` tokens refilled
         at ``rate`` keeps this at or below ``burst`` (plus one for the bucket boundaries).
         """
-        return _burst_beyond(self.requests_per_second, rate)
+        return burst_beyond(self.requests_per_second, rate)
 
     @property
     def submits(self) -> int:
@@ -88,7 +89,8 @@ class FakeCounters:
             setattr(self, f.name, getattr(fresh, f.name))
 
 
-def _burst_beyond(per_second: Counter[int], rate: float) -> float:
+def burst_beyond(per_second: Mapping[int, int], rate: float) -> float:
+    """See :meth:`FakeCounters.burst_beyond`; ``per_second`` maps whole seconds to counts."""
     if not per_second:
         return 0.0
     worst = running = 0.0

@@ -28,7 +28,7 @@ from transcribed.logs import get_logger
 
 log = get_logger("transcribed.status")
 
-SWEEP_MIN_S = 0.1
+SWEEP_MIN_S = 0.05
 #: The share of the request budget that status checks (sweeps and polls) may use.
 POLL_SHARE = 0.5
 LIST_PAGE = 200

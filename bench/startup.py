@@ -163,7 +163,8 @@ def _table(size: Size, seen: Observed) -> Table:
     table.notes += [
         f"files: 3-5 kB each, mtimes an hour old (created in {seen.create_s:.1f} s before the "
         "launch); fake latency 5 s, cap 200; daemon settings are the defaults (200 jobs, 4 "
-        "uploads at once, 40 requests/s, settle 2 s) apart from folders and logging.",
+        "uploads at once, a burst of 1000 requests then 40/s, settle 2 s) apart from folders and "
+        "logging.",
         "launch: just before the daemon process is created; first upload: the fake's clock "
         "when the request arrived; discovery: timestamp of the last file_detected log event.",
     ]

@@ -34,20 +34,27 @@ class GroupSync:
     async def _run(self) -> None:
         while self._waiters:
             batch, self._waiters = self._waiters, []
-            error: OSError | None = None
+            error: BaseException | None = None
             try:
                 await asyncio.to_thread(self._flush)
-            except OSError as exc:
-                error = exc
             except asyncio.CancelledError:  # the loop is closing: nobody may wait for ever
                 for waiter in batch + self._waiters:
                     waiter.cancel()
                 self._waiters.clear()
                 raise
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, none hangs
+                error = exc
             for waiter in batch:
                 if waiter.done():  # its caller was cancelled meanwhile
                     continue
                 if error is None:
                     waiter.set_result(None)
                 else:
-                    waiter.set_exception(error)
+                    waiter.set_exception(_copy(error))
+
+
+def _copy(error: BaseException) -> BaseException:
+    """The same error for one more waiter, so tracebacks do not pile up on one object."""
+    if isinstance(error, OSError):
+        return OSError(error.errno, error.strerror, error.filename)
+    return RuntimeError(f"flush failed: {error!r}")

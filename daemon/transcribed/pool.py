@@ -32,7 +32,7 @@ log = get_logger("transcribed.pool")
 SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
-ADMIT_AT_ONCE = 64
+ADMIT_AT_ONCE = 16
 #: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
 REMOTE_BACKENDS = frozenset({"assemblyai"})
 

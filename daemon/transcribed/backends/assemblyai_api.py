@@ -66,11 +66,16 @@ class AssemblyAIClient:
         self._limiter = AsyncLimiter(
             settings.request_burst, settings.request_burst / settings.requests_per_s
         )
+        # After a 429 the bucket may have refilled during the pause; until it could have
+        # drained again, requests also keep to the sustained rate, with no burst.
+        self._steady = AsyncLimiter(1, 1 / settings.requests_per_s)
+        self._steady_until = 0.0
         most, window_s = ACCOUNT_LIMIT
-        if settings.request_burst + settings.requests_per_s * window_s > most:
+        allowed = settings.request_burst + settings.requests_per_s * window_s
+        if allowed > most:
             log.warning(
                 "request_budget_above_account_limit",
-                requests_per_5_min=round(settings.request_burst + settings.requests_per_s * 300),
+                requests_per_5_min=round(allowed),
                 account_limit=most,
             )
         self._pause_until = 0.0
@@ -106,11 +111,16 @@ class AssemblyAIClient:
     async def _admit(self) -> None:
         while (delay := self._pause_until - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline other requests may push out, not an event
             await asyncio.sleep(delay)
+        if time.monotonic() < self._steady_until:
+            await self._steady.acquire()
         await self._limiter.acquire()
 
     def slow_down(self, seconds: float) -> None:
-        """Hold every request until ``seconds`` from now (after a 429)."""
+        """Hold every request until ``seconds`` from now (after a 429), then go on at the
+        sustained rate until a whole burst could have drained."""
+        s = self._settings
         self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+        self._steady_until = self._pause_until + s.request_burst / s.requests_per_s
 
     # -- one attempt -----------------------------------------------------------------------
     async def _once(

@@ -1,10 +1,11 @@
 """Request budget: does the daemon keep to its configured budget?
 
 200 jobs against a fake server process with 10 s latency and a cap of 200, the daemon
-(``run --once``) with its default budget: ``assemblyai.request_burst`` (1000) requests at once,
-refilled at ``assemblyai.requests_per_s`` (40). The fake counts requests per whole second of its
-monotonic clock; over every run of consecutive seconds, the requests beyond the rate must stay
-within the burst. The account's own limit is 20,000 requests in any 5 minutes.
+(``run --once``) with its default ``assemblyai.requests_per_s`` (40) and a burst of 100 (the
+default 1000 would cover every request of this run, so nothing would be tested). The fake counts
+requests per whole second of its monotonic clock; over every run of consecutive seconds, the
+requests beyond the rate must stay within the burst. The account's own limit is 20,000 requests
+in any 5 minutes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from transcribed.config import AssemblyAISettings
 
 NAME = "budget"
 BUDGET_RPS = AssemblyAISettings().requests_per_s  # the daemon's defaults
-BURST = AssemblyAISettings().request_burst
+DEFAULT_BURST = AssemblyAISettings().request_burst
+BURST = 100  # small enough that the 400 uploads and submits of this run must wait for it
 ACCOUNT_PER_5_MIN = 20_000
 
 
@@ -52,7 +54,9 @@ def run(quick: bool) -> list[Table]:
         with FakeServer(
             latency_s=size.latency_s, concurrency=size.cap, log_path=folders.root / "fake.log"
         ) as fake:
-            config = write_daemon_config(folders, fake.base_url)
+            config = write_daemon_config(
+                folders, fake.base_url, {"assemblyai.request_burst": BURST}
+            )
             daemon = start_daemon(folders, config, once=True)
             usage = daemon.wait(timeout_s=30 * size.latency_s + 120)
             counters = fake.counters()
@@ -62,7 +66,7 @@ def run(quick: bool) -> list[Table]:
     beyond = counters.burst_beyond(BUDGET_RPS)
     table = Table(
         f"budget: {size.files} jobs, fake latency {size.latency_s:g} s, cap {size.cap}, "
-        f"daemon defaults (request_burst = {BURST}, requests_per_s = {BUDGET_RPS:g})",
+        f"requests_per_s = {BUDGET_RPS:g} (default), request_burst = {BURST}",
         ["metric", "value", "target", "result"],
     )
     table.add(
@@ -71,12 +75,12 @@ def run(quick: bool) -> list[Table]:
         f"<= {BURST} (request_burst)",
         verdict(beyond <= BURST + 1),
     )
-    worst = BURST + BUDGET_RPS * 300
+    worst = DEFAULT_BURST + BUDGET_RPS * 300
     table.add(
-        "most requests the budget allows in 5 minutes",
+        "most requests the default budget allows in 5 minutes",
         fmt(worst, 0),
         f"<= {ACCOUNT_PER_5_MIN:,} (the account limit)",
-        verdict(worst <= ACCOUNT_PER_5_MIN),
+        "by design" if worst <= ACCOUNT_PER_5_MIN else "OVER",
     )
     table.add("peak requests in one second", str(counters.peak_rps), "", "")
     table.add("total requests", str(counters.total_requests), "", "")
@@ -87,9 +91,10 @@ def run(quick: bool) -> list[Table]:
     table.add("wall s (ideal)", f"{wall:.1f} ({ideal:g})", "", "")
     table.add("transcripts", f"{done}/{size.files}", "", "")
     table.notes += [
-        "the target rows are implied by the scenario (the issue lists no figure): the "
-        "requests may run ahead of the sustained rate by at most the burst, and the budget "
-        "as configured must fit the account's 20,000 requests per 5 minutes.",
+        "the target row is implied by the scenario (the issue lists no figure): the requests "
+        "may run ahead of the sustained rate by at most the burst. The 5-minute row is "
+        f"arithmetic on the defaults (request_burst {DEFAULT_BURST} + 300 s x "
+        f"{BUDGET_RPS:g}/s), not a measurement.",
         "requests per second are counted by the fake in whole seconds of its monotonic "
         "clock; a run of n seconds is compared with n x requests_per_s (+1 for the bucket's "
         "edges).",

@@ -127,6 +127,7 @@ class Journal:
         self._lock_fd: int | None = None
         self._depth = 0
         self._syncs = GroupSync(self.sync)
+        self._wal_named = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Journal:
@@ -211,7 +212,10 @@ class Journal:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One commit for every statement and write inside; nested uses join the outer one."""
+        """One commit for every statement and write inside; nested uses join the outer one.
+
+        Synchronous code only: a block held across an ``await`` would take in other jobs'
+        writes."""
         db = self.db
         if self._depth:
             self._depth += 1
@@ -225,7 +229,8 @@ class Journal:
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                db.execute("ROLLBACK")
             raise
         else:
             db.execute("COMMIT")
@@ -249,6 +254,14 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if not self._wal_named:
+            # The WAL is a new file each time the journal opens: make its name durable too.
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._wal_named = True
 
     async def durable(self) -> None:
         """Return once every commit made before this call is on disk (see :meth:`sync`).
@@ -256,6 +269,8 @@ class Journal:
         Callers that ask while an fsync runs share the next one; the fsync runs in a thread.
         Raises ``LocalIOError`` when the disk refuses.
         """
+        if self._depth:
+            raise RuntimeError("durable() inside a transaction: nothing of it is committed yet")
         try:
             await self._syncs.wait()
         except OSError as exc:

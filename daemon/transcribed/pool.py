@@ -361,8 +361,6 @@ class Pool:
                 journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
                 return None
             if other is not None:
-                log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
-                self.stats.reused += 1
                 journal.set_state(
                     row.id,
                     "submitted",
@@ -375,7 +373,10 @@ class Pool:
                 journal.set_state(row.id, "uploading", **facts, attempts=row.attempts + 1)
             row = journal.get(row.id)
             self._reserve(row)
-            return row
+        if other is not None:
+            log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
+            self.stats.reused += 1
+        return row
 
     def _reserve(self, row: JobRow) -> str:
         return self._journal.reserve_output_base(

@@ -180,7 +180,7 @@ class AssemblyAIBackend:
         started = time.monotonic()
         look_now = not fresh  # resumed after a restart: it may have finished meanwhile
         stuck_reported = resubmitted = False
-        finished = tracker.watch(transcript_id, submitted_at, tracker.expected_s(duration_s))
+        finished = tracker.watch(transcript_id, submitted_at, duration_s)
         self._polling += 1
         try:
             while True:
@@ -197,7 +197,7 @@ class AssemblyAIBackend:
                 status = transcript.get("status")
                 if status == "completed":
                     if fresh:
-                        tracker.observe(duration_s, time.time() - submitted_at)
+                        tracker.observe(transcript_id, duration_s)
                     return transcript
                 if status == "error":
                     raise PermanentError(
@@ -221,7 +221,7 @@ class AssemblyAIBackend:
                     log.warning("job_resubmitted", transcript_id=new_id, previous=transcript_id)
                     tracker.forget(transcript_id)
                     transcript_id, submitted_at = new_id, time.time()
-                    finished = tracker.watch(new_id, submitted_at, tracker.expected_s(duration_s))
+                    finished = tracker.watch(new_id, submitted_at, duration_s)
                     started, stuck_reported = time.monotonic(), False
         finally:
             tracker.forget(transcript_id)

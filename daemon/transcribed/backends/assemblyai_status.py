@@ -4,13 +4,15 @@ Jobs waiting for a transcript register here and wait on an event. Three things s
 
 - a **sweep** of the account's transcript list, newest first: one request reports the status
   of up to 200 transcripts, so it replaces one poll per job. Its interval adapts: sparse while
-  no job is expected to be done, every ``SWEEP_MIN_S`` once one is due;
+  no job is expected to be done, every ``SWEEP_MIN_S`` once one is due, and backing off again
+  the longer the most recently due job stays unfinished. A job the service still holds
+  ``queued`` (over the account's concurrency cap) is not expected until it starts processing;
 - a **webhook** notification (:meth:`StatusTracker.notify`), when webhook mode is on;
 - the job's own fallback poll, at a low rate, for anything the other two miss.
 
 When a job's transcript is seen finished, the job fetches it once. Expected processing time
 comes from the audio duration (read from the file's header) and is corrected by what the
-service actually took for earlier jobs.
+service actually took, from the start of processing, for earlier jobs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from transcribed.logs import get_logger
 log = get_logger("transcribed.status")
 
 SWEEP_MIN_S = 0.05
+#: Once a job is overdue, sweep again after this share of how long it has been overdue.
+OVERDUE_BACKOFF = 0.1
 #: The share of the request budget that status checks (sweeps and polls) may use.
 POLL_SHARE = 0.5
 LIST_PAGE = 200
@@ -57,9 +61,11 @@ def audio_duration_s(path: Path) -> float | None:
 @dataclass
 class _Watch:
     submitted_at: float
-    expected_s: float
+    duration_s: float | None
     event: asyncio.Event = field(default_factory=asyncio.Event)
     status: str | None = None
+    started_at: float | None = None
+    """When the service started processing it, as far as the sweeps can tell."""
 
 
 class StatusTracker:
@@ -74,21 +80,36 @@ class StatusTracker:
         self._base_s = PRIOR_BASE_S
         self.sweeping = not webhooks
         self._last_pages = 1
+        self._last_sweep_at = time.time()
 
     # -- expectations ----------------------------------------------------------------------
     def expected_s(self, duration_s: float | None) -> float:
         return self._base_s + PRIOR_RATIO * (duration_s or 0.0)
 
-    def observe(self, duration_s: float | None, took_s: float) -> None:
-        """Learn from a finished job how long the service takes beyond the audio share."""
+    def observe(self, transcript_id: str, duration_s: float | None) -> None:
+        """Learn from a job seen finished just now how long the service takes to process
+        beyond the audio share (time spent queued for a slot does not count)."""
+        entry = self._watches.get(transcript_id)
+        if entry is None:
+            return
+        took_s = time.time() - (entry.started_at or entry.submitted_at)
         base = max(0.5, took_s - PRIOR_RATIO * (duration_s or 0.0))
         self._base_s += LEARN_WEIGHT * (base - self._base_s)
 
     # -- registration ----------------------------------------------------------------------
-    def watch(self, transcript_id: str, submitted_at: float, expected_s: float) -> asyncio.Event:
+    def due_at(self, entry: _Watch, now: float) -> float:
+        """When ``entry`` should be done, by what the service has taken so far."""
+        expected = self.expected_s(entry.duration_s)
+        if entry.status == "queued":  # its processing time has not even begun
+            return now + expected
+        return (entry.started_at or entry.submitted_at) + expected
+
+    def watch(
+        self, transcript_id: str, submitted_at: float, duration_s: float | None
+    ) -> asyncio.Event:
         entry = self._watches.get(transcript_id)
         if entry is None:
-            entry = _Watch(submitted_at, expected_s)
+            entry = _Watch(submitted_at, duration_s)
             self._watches[transcript_id] = entry
             self._changed.set()
         return entry.event
@@ -106,6 +127,18 @@ class StatusTracker:
             entry.event.set()
         return True
 
+    def _seen(self, transcript_id: str, status: str, since: float) -> None:
+        """A sweep saw ``status``; a job that left ``queued`` started after ``since``."""
+        entry = self._watches.get(transcript_id)
+        if entry is None:
+            return
+        if entry.status == "queued" and status != "queued" and entry.started_at is None:
+            entry.started_at = since
+        if status in FINISHED:
+            self.notify(transcript_id, status)
+        else:
+            entry.status = status
+
     def fallback_interval_s(self, waited_s: float) -> float:
         """How long a job waits for a sweep or webhook before polling on its own."""
         s = self._settings
@@ -115,13 +148,16 @@ class StatusTracker:
 
     # -- the sweep loop --------------------------------------------------------------------
     def _next_sweep_in_s(self, now: float) -> float:
-        due = min(w.submitted_at + w.expected_s for w in self._watches.values())
         if self.webhooks:
             return max(60.0, self._settings.poll_max_s)
+        wait = self._settings.poll_max_s
+        for entry in self._watches.values():
+            due = self.due_at(entry, now)
+            wait = min(wait, (due - now) / 2 if due > now else (now - due) * OVERDUE_BACKOFF)
         # Never more often than the pages of the last sweep fit in the polling share of the
         # request budget.
         floor = max(SWEEP_MIN_S, self._last_pages / (self._settings.requests_per_s * POLL_SHARE))
-        return min(self._settings.poll_max_s, max(floor, (due - now) / 2))
+        return max(floor, wait)
 
     async def run(self) -> None:
         """Sweep while jobs are waiting; sleep while none are."""
@@ -162,6 +198,7 @@ class StatusTracker:
         if not self._watches:
             return
         oldest = min(w.submitted_at for w in self._watches.values()) - CREATED_MARGIN_S
+        since, self._last_sweep_at = self._last_sweep_at, time.time()
         unseen = set(self._watches)
         before: str | None = None
         for pages in range(1, MAX_PAGES + 1):
@@ -172,8 +209,8 @@ class StatusTracker:
             for item in items:
                 transcript_id = str(item.get("id"))
                 unseen.discard(transcript_id)
-                if item.get("status") in FINISHED:
-                    self.notify(transcript_id, str(item["status"]))
+                if isinstance(status := item.get("status"), str):
+                    self._seen(transcript_id, status, since)
             if (
                 not unseen  # every job we wait for was on these pages
                 or len(items) < LIST_PAGE

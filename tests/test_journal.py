@@ -6,12 +6,19 @@ import asyncio
 import errno
 import sqlite3
 import threading
+import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from aiohttp import web
 
+from conftest import API_KEY, Folders, make_audio, settings_for
+from transcribed import service as service_module
 from transcribed.errors import LocalIOError
 from transcribed.journal import Journal, JournalError
+from transcribed.service import Service
+from transcribed.testing import FakeAssemblyAI, FakeConfig
 
 
 def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:
@@ -133,3 +140,50 @@ async def test_a_failing_fsync_is_a_local_io_error_for_every_waiter(tmp_path: Pa
         journal.release.set()
         results = await asyncio.gather(journal.durable(), journal.durable(), return_exceptions=True)
     assert all(isinstance(r, LocalIOError) and "Input/output" in str(r) for r in results)
+
+
+class _Recording(Journal):
+    """A journal that notes when submit marks are committed and when fsyncs run."""
+
+    marks: ClassVar[list[float]] = []
+    syncs: ClassVar[list[tuple[float, float]]] = []
+
+    def update(self, job_id: int, **values: Any) -> None:
+        super().update(job_id, **values)
+        if values.get("submit_started_at") is not None:
+            self.marks.append(time.perf_counter())
+
+    def sync(self) -> None:
+        started = time.perf_counter()
+        super().sync()
+        self.syncs.append((started, time.perf_counter()))
+
+
+class _ArrivalsFake(FakeAssemblyAI):
+    """The fake, noting when each submit arrives."""
+
+    arrivals: ClassVar[list[float]] = []
+
+    async def create_transcript(self, request: web.Request, account: str) -> web.Response:
+        self.arrivals.append(time.perf_counter())
+        return await super().create_transcript(request, account)
+
+
+async def test_every_submit_arrives_after_an_fsync_of_its_mark(
+    folders: Folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "Journal", _Recording)
+    async with _ArrivalsFake(FakeConfig(api_keys=(API_KEY,), latency_s=0.2)) as fake:
+        for i in range(30):
+            make_audio(folders.inbox / f"{i}.mp3", seed=f"mark{i}")
+        assert await Service(settings_for(folders, fake), once=True).run() == 0
+    marks, syncs, arrivals = _Recording.marks, _Recording.syncs, sorted(_ArrivalsFake.arrivals)
+    assert len(marks) == len(arrivals) == 30
+    # By the time the k-th submit arrives, at least k marks must have been fsynced: each by an
+    # fsync that started after the mark was committed and ended before that arrival.
+    for k, arrival in enumerate(arrivals, start=1):
+        synced = sum(
+            any(mark <= start and end <= arrival for start, end in syncs) for mark in marks
+        )
+        assert synced >= k, f"submit {k} arrived with only {synced} marks on disk"
+    assert len(syncs) < len(marks)  # and they shared fsyncs

@@ -59,7 +59,7 @@ class Size:
         return self.latency_s * math.ceil(self.files / self.cap)
 
 
-FULL = Size(files=400, latency_s=5.0, cap=200, sequential_files=10, rounds=2)
+FULL = Size(files=400, latency_s=5.0, cap=200, sequential_files=10, rounds=3)
 QUICK = Size(files=60, latency_s=2.0, cap=30, sequential_files=3, rounds=1)
 
 

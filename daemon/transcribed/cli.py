@@ -70,6 +70,14 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     return load_settings(args.config, environ, overrides)
 
 
+def _startup_done() -> None:
+    """Turn the garbage collector back on if the entry point ran start-up without it,
+    freezing what start-up built so that later collections never walk it again."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     environ = os.environ if environ is None else environ
@@ -80,6 +88,8 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
         return EXIT_CONFIG
     if args.command == "run":
         return _run(settings, once=args.once, environ=environ)
+    if args.command != "run":
+        _startup_done()
     if args.command == "status":
         return _status(settings, as_json=args.json, limit=args.limit)
     if args.command == "retry":
@@ -99,6 +109,7 @@ def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         print(f"transcribed: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    _startup_done()
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
     notifier = Notifier.from_environ(environ)  # $NOTIFY_SOCKET and $WATCHDOG_USEC under systemd
     progress = once and sys.stdout.isatty()

@@ -173,6 +173,8 @@ async def test_every_submit_arrives_after_an_fsync_of_its_mark(
     folders: Folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service_module, "Journal", _Recording)
+    for noted in (_Recording.marks, _Recording.syncs, _ArrivalsFake.arrivals):
+        noted.clear()
     async with _ArrivalsFake(FakeConfig(api_keys=(API_KEY,), latency_s=0.2)) as fake:
         for i in range(30):
             make_audio(folders.inbox / f"{i}.mp3", seed=f"mark{i}")

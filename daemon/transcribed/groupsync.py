@@ -1,4 +1,4 @@
-"""Group commit: callers that each need an fsync share one.
+"""fsync, and group commit: callers that each need an fsync share one.
 
 When a hundred jobs finish together, each needs its folder (or the journal) on disk before it
 moves on, but one fsync that starts after all of them have written covers them all. A caller
@@ -9,7 +9,18 @@ share the next one. The flush runs in a worker thread, so the event loop never w
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from pathlib import Path
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: the names in it) by its path (blocking)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class GroupSync:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.errors import ConfigError, LocalIOError
-from transcribed.groupsync import GroupSync
+from transcribed.groupsync import GroupSync, fsync_path
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
@@ -247,20 +247,12 @@ class Journal:
         checkpointed (and synced) into the database. Touches no connection: thread-safe.
         """
         try:
-            fd = os.open(self.path.with_name(self.path.name + "-wal"), os.O_RDONLY)
+            fsync_path(self.path.with_name(self.path.name + "-wal"))
         except FileNotFoundError:
             return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         if not self._wal_named:
             # The WAL is a new file each time the journal opens: make its name durable too.
-            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path.parent)
             self._wal_named = True
 
     async def durable(self) -> None:

@@ -21,16 +21,8 @@ from typing import Any
 
 from transcribed.backends import Result
 from transcribed.errors import LocalIOError
-from transcribed.groupsync import GroupSync
+from transcribed.groupsync import GroupSync, fsync_path
 from transcribed.paths import TEMP_PREFIX, numbered, report_path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_files_atomic(
@@ -57,7 +49,7 @@ def write_files_atomic(
         folders.add(path.parent)
     if sync_folders:
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_path(folder)
     return folders
 
 
@@ -86,15 +78,14 @@ def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
         tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}")
         try:
             shutil.copyfile(src, tmp)
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(tmp)
             tmp.rename(dst)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         src.unlink()
     if sync_folder:
-        _fsync_dir(dst.parent)
+        fsync_path(dst.parent)
 
 
 class Outputs:
@@ -163,7 +154,7 @@ class Outputs:
         """fsync ``folder``, sharing the fsync with other jobs that wait on the same folder."""
         group = self._folder_syncs.get(folder)
         if group is None:
-            group = self._folder_syncs[folder] = GroupSync(functools.partial(_fsync_dir, folder))
+            group = self._folder_syncs[folder] = GroupSync(functools.partial(fsync_path, folder))
         try:
             await group.wait()
         finally:

@@ -33,6 +33,27 @@ def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:
         assert journal.counts()["discovered"] == 1
 
 
+def test_claimable_skips_running_and_deferred_jobs_and_next_wakeup_sees_only_deferrals(
+    tmp_path: Path,
+) -> None:
+    with Journal(tmp_path) as journal:
+        ids = [journal.discover(f"{n}.mp3", 10, 1) for n in range(5)]
+        assert None not in ids
+        a, b, c, d, e = (int(job_id) for job_id in ids if job_id is not None)
+        now = time.time()
+        journal.update(c, next_attempt_at=now + 30)
+        journal.update(e, next_attempt_at=now + 10)
+        journal.set_state(d, "archived", source_moved=1, next_attempt_at=now + 5)
+        # a is running; c and e are deferred; d has left the inbox.
+        assert [row.id for row in journal.claimable(5, {a}, now)] == [b]
+        assert [row.id for row in journal.claimable(1, set(), now)] == [a]
+        # Due jobs (running or waiting for a slot) are no timer's business; e's deferral is.
+        assert journal.next_wakeup(now) == pytest.approx(now + 10)
+        journal.update(e, next_attempt_at=0)
+        journal.update(c, next_attempt_at=0)
+        assert journal.next_wakeup(now) is None
+
+
 def test_state_survives_reopening(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
         job = journal.discover("a.mp3", 10, 1)

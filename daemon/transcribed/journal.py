@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_live_path ON jobs(path) WHERE source_moved = 0;
 -- The pool asks for live jobs in order after every job; archived rows pile up for months.
 CREATE INDEX IF NOT EXISTS jobs_live ON jobs(id) WHERE source_moved = 0;
+-- ...and when the next deferred one is due, which must not scan a large backlog.
+CREATE INDEX IF NOT EXISTS jobs_live_due ON jobs(next_attempt_at) WHERE source_moved = 0;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_sha256 ON jobs(sha256);
 CREATE INDEX IF NOT EXISTS jobs_output_key ON jobs(output_key);
@@ -281,16 +283,25 @@ class Journal:
     def claimable(self, limit: int, exclude: set[int], now: float | None = None) -> list[JobRow]:
         """Live jobs that still need work, oldest first, skipping those already running."""
         now = time.time() if now is None else now
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE source_moved = 0 AND next_attempt_at <= ? "  # noqa: S608
-            "ORDER BY id LIMIT ?",
-            (now, limit + len(exclude)),
-        ).fetchall()
-        return [JobRow(**dict(r)) for r in rows if r["id"] not in exclude][:limit]
+        # Ids first: with hundreds of jobs running, whole rows for all of them would be read
+        # (and thrown away) every time one finishes.
+        ids = [
+            job_id
+            for (job_id,) in self.db.execute(
+                "SELECT id FROM jobs WHERE source_moved = 0 AND next_attempt_at <= ? "
+                "ORDER BY id LIMIT ?",
+                (now, limit + len(exclude)),
+            )
+            if job_id not in exclude
+        ][:limit]
+        return [self.get(job_id) for job_id in ids]
 
-    def next_wakeup(self) -> float | None:
+    def next_wakeup(self, now: float | None = None) -> float | None:
+        """When the next live job that is not due yet (a deferral, a settle wait) will be."""
+        now = time.time() if now is None else now
         row = self.db.execute(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE source_moved = 0"
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE source_moved = 0 AND next_attempt_at > ?",
+            (now,),
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 

@@ -62,7 +62,9 @@ def render(result: Result, fmt: str) -> bytes:
     if fmt == "txt":
         return (result.text.rstrip("\n") + "\n").encode()
     if fmt == "json":
-        return json.dumps(result.transcript, ensure_ascii=False, indent=2).encode() + b"\n"
+        # Compact, as the API sends it: only the compact encoder is C code, and an hour of
+        # words through the indenting one would hold the event loop for a good while.
+        return json.dumps(result.transcript, ensure_ascii=False).encode() + b"\n"
     return result.subtitles[fmt].encode()
 
 

@@ -58,14 +58,18 @@ class _Checkpoints:
         self._id = job_id
         self._phases = phases
         self._release = release
+        self._upload: dict[str, Any] = {}
 
     def uploaded(self, upload_url: str) -> None:
-        self._journal.update(self._id, upload_url=upload_url, uploaded_at=time.time())
+        # Recorded with the submit mark that follows at once, in one commit: should the
+        # process die in between, the upload is only done again, which costs nothing.
+        self._upload = {"upload_url": upload_url, "uploaded_at": time.time()}
 
     async def submitting(self) -> None:
         # Durable: after a power cut this is what sends a restart to look the submit up
         # instead of paying again.
-        self._journal.update(self._id, submit_started_at=time.time())
+        self._journal.update(self._id, **self._upload, submit_started_at=time.time())
+        self._upload = {}
         await self._journal.durable()
         self._release()
 
@@ -78,6 +82,7 @@ class _Checkpoints:
         self._release()
 
     def upload_lost(self) -> None:
+        self._upload = {}
         self._journal.update(self._id, upload_url=None, uploaded_at=None, submit_started_at=None)
 
     def phase(self, name: str) -> None:
@@ -158,26 +163,26 @@ class Pool:
         """
         while not stop.is_set() and self.fatal is None:
             self._wake.clear()
+            pending = self._journal.pending_count()
             free = self._backend.max_concurrency - len(self._tasks)
-            if free > 0:
+            if free > 0 and pending > len(self._tasks):
                 for row in self._journal.claimable(free, set(self._tasks)):
                     self._start(row)
             self._metrics.jobs_in_flight.set(len(self._tasks))
-            self._metrics.queue_depth.set(max(0, self._journal.pending_count() - len(self._tasks)))
-            if (
-                until_idle is not None
-                and until_idle.is_set()
-                and not self._tasks
-                and self._journal.pending_count() == 0
-            ):
+            self._metrics.queue_depth.set(max(0, pending - len(self._tasks)))
+            if until_idle is not None and until_idle.is_set() and not self._tasks and not pending:
                 return
             await self._sleep(stop)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
+        """Until woken (a job finished, files arrived, stop) or a deferred job is due.
+
+        Jobs that are due but wait for a free slot need no timer: a finishing job wakes us."""
         timeout: float | None = 5.0
-        wakeup = self._journal.next_wakeup()
+        now = time.time()
+        wakeup = self._journal.next_wakeup(now)
         if wakeup is not None:
-            timeout = min(5.0, max(0.05, wakeup - time.time()))
+            timeout = min(5.0, max(0.05, wakeup - now))
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

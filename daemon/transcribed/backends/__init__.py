@@ -32,8 +32,10 @@ class Job:
 class Checkpoints(Protocol):
     """Where a backend records remote progress before its next step.
 
-    Each record survives the process dying once the call returns; ``submitting`` also survives
-    a power cut, since what it guards (a submit about to be sent) is paid for."""
+    Each record survives the process dying once the call returns, except ``uploaded``, which
+    may wait for the ``submitting`` that follows it (losing it costs only a new upload);
+    ``submitting`` also survives a power cut, since what it guards (a submit about to be sent)
+    is paid for."""
 
     def uploaded(self, upload_url: str) -> None: ...
 

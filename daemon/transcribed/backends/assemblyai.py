@@ -100,20 +100,20 @@ class AssemblyAIBackend:
 
     async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
         transcript_id, upload_url = job.transcript_id, job.upload_url
-        # Only polling needs the duration: read it while the file goes up.
-        reading = asyncio.ensure_future(asyncio.to_thread(audio_duration_s, job.path))
-        try:
-            if transcript_id is None:
-                transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
-            duration_s = await reading
-        finally:
-            reading.cancel()  # a no-op once read; else the thread's answer is dropped
+        if transcript_id is None:
+            transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
+        submitted_at = job.submitted_at or time.time()
+        # The duration plans status checks only; read after the submit, so a backlog's
+        # submits do not wait for it. Webhooks say when a job is done: no plan needed.
+        duration_s = None
+        if not self.tracker.webhooks:
+            duration_s = await asyncio.to_thread(audio_duration_s, job.path)
         transcript = await self._poll(
             transcript_id,
             upload_url,
             checkpoints,
             fresh=job.transcript_id is None,
-            submitted_at=job.submitted_at or time.time(),
+            submitted_at=submitted_at,
             duration_s=duration_s,
         )
         transcript_id = str(transcript["id"])

@@ -9,11 +9,12 @@ through the journal, and a source moved onto an existing name gets a numbered on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
+import itertools
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -24,6 +25,30 @@ from transcribed.errors import LocalIOError
 from transcribed.groupsync import GroupSync, fsync_path
 from transcribed.paths import TEMP_PREFIX, numbered, report_path
 
+_TEMP_IDS = itertools.count()
+
+
+def _temp_name(folder: Path) -> str:
+    # Unique among live processes without a random read (every syscall in a worker thread is
+    # a chance to take the interpreter lock from the event loop).
+    return f"{folder}/{TEMP_PREFIX}{os.getpid()}-{next(_TEMP_IDS)}"
+
+
+def _open_temp(folder: Path) -> tuple[str, int]:
+    """Create a new temp file in ``folder`` (and ``folder`` if missing): its path and an fd."""
+    made = False
+    while True:
+        tmp = _temp_name(folder)
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue  # left behind by an earlier process with the same pid
+        except FileNotFoundError:
+            if made:
+                raise
+            folder.mkdir(parents=True, exist_ok=True)
+            made = True
+
 
 def write_files_atomic(
     files: Sequence[tuple[Path, bytes]], *, sync_folders: bool = True
@@ -31,20 +56,24 @@ def write_files_atomic(
     """Write each file so that readers see the old file or all of the new one (blocking).
 
     Temp file in the same folder, fsync, rename; then one fsync per folder for the renames,
-    unless the caller syncs the folders it is given back.
+    unless the caller syncs the folders it is given back. Plain ``os`` calls: this runs in a
+    worker thread for every finished job, beside the event loop.
     """
     folders: set[Path] = set()
     for path, data in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}")
+        tmp, fd = _open_temp(path.parent)
         try:
-            with tmp.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(path)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)  # noqa: PTH105 - str paths: see the docstring
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # noqa: PTH108
             raise
         folders.add(path.parent)
     if sync_folders:
@@ -77,7 +106,7 @@ def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = dst.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}")
+        tmp = Path(_temp_name(dst.parent))
         try:
             shutil.copyfile(src, tmp)
             fsync_path(tmp)
@@ -88,6 +117,19 @@ def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
         src.unlink()
     if sync_folder:
         fsync_path(dst.parent)
+
+
+def _move_to_free_name(source: Path, root: Path, rel_path: str) -> tuple[str, Path]:
+    """Move ``source`` to ``root/rel_path``, or to a numbered name if that (or its error
+    report's name) is taken (blocking); returns the name used and the folder to sync."""
+    final = rel_path
+    n = 1
+    while (root / final).exists() or (root / report_path(final)).exists():
+        n += 1
+        final = numbered(rel_path, n)
+    target = root / PurePosixPath(final)
+    move_file(source, target, sync_folder=False)
+    return final, target.parent
 
 
 class Outputs:
@@ -139,15 +181,9 @@ class Outputs:
         return final
 
     async def _move(self, source: Path, root: Path, rel_path: str) -> str:
-        final = rel_path
-        n = 1
-        while (root / final).exists() or (root / report_path(final)).exists():
-            n += 1
-            final = numbered(rel_path, n)
-        target = root / PurePosixPath(final)
         try:
-            await asyncio.to_thread(move_file, source, target, sync_folder=False)
-            await self._sync_folder(target.parent)
+            final, folder = await asyncio.to_thread(_move_to_free_name, source, root, rel_path)
+            await self._sync_folder(folder)
         except OSError as exc:
             raise LocalIOError(f"cannot move {source} to {root}: {exc.strerror}") from exc
         return final

@@ -8,6 +8,7 @@ trouble only delays it, and a bad file never takes a worker down with it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import time
@@ -253,17 +254,27 @@ class Pool:
             row = self._journal.get(row.id)
             base = row.output_base or self._reserve(row)
             await self._outputs.write(base, result)
+            completed_at = time.time()
             self._journal.set_state(
                 row.id,
                 "completed",
                 transcript_id=result.transcript_id,
                 audio_duration_s=result.audio_duration_s,
-                completed_at=time.time(),
+                completed_at=completed_at,
                 last_error=None,
             )
             if result.audio_duration_s:
                 self._metrics.audio_seconds.inc(result.audio_duration_s)
-            await self._archive(self._journal.get(row.id), source, started)
+            row = dataclasses.replace(  # what was just written, without reading it back
+                row,
+                state="completed",
+                output_base=base,
+                transcript_id=result.transcript_id,
+                audio_duration_s=result.audio_duration_s,
+                completed_at=completed_at,
+                last_error=None,
+            )
+            await self._archive(row, source, started)
         except PermanentError as exc:
             current = self._journal.get(row.id)
             if current.reused_from is not None and exc.status == 404:

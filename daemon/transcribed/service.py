@@ -16,6 +16,7 @@ from typing import Any
 
 from transcribed.backends import Backend
 from transcribed.backends.assemblyai import WEBHOOK_HEADER
+from transcribed.backends.assemblyai_status import StatusTracker
 from transcribed.config import Settings
 from transcribed.errors import AuthError, ConfigError
 from transcribed.http import HttpServer
@@ -178,16 +179,29 @@ class Service:
         routes = []
         if self.webhook_secret is not None and self.journal is not None:
             routes = webhook_routes(
-                WEBHOOK_HEADER, self.webhook_secret, self.journal.has_transcript, self._notified
+                WEBHOOK_HEADER, self.webhook_secret, self._is_ours, self._notified
             )
         self.http = HttpServer(
             host, port, self.metrics, self.readiness, self._refresh_metrics, routes
         )
         await self.http.start()
 
+    def _tracker(self) -> StatusTracker | None:
+        try:
+            return getattr(self.backend, "tracker", None)
+        except RuntimeError:  # the backend has not started yet
+            return None
+
+    def _is_ours(self, transcript_id: str) -> bool:
+        """A transcript this daemon submitted: one a job waits for, or one in the journal."""
+        tracker = self._tracker()
+        if tracker is not None and tracker.watching(transcript_id):
+            return True
+        return self.journal is not None and self.journal.has_transcript(transcript_id)
+
     def _notified(self, transcript_id: str, status: str) -> None:
         """A webhook arrived: wake the job waiting for that transcript."""
-        tracker = getattr(self.backend, "tracker", None)
+        tracker = self._tracker()
         if tracker is not None:
             tracker.notify(transcript_id, status)
 

@@ -114,6 +114,9 @@ class StatusTracker:
             self._changed.set()
         return entry.event
 
+    def watching(self, transcript_id: str) -> bool:
+        return transcript_id in self._watches
+
     def forget(self, transcript_id: str) -> None:
         self._watches.pop(transcript_id, None)
 

@@ -73,14 +73,17 @@ def safe_lstat(path: Path) -> os.stat_result | None:
     return info if stat.S_ISREG(info.st_mode) else None
 
 
-def is_inside(path: Path, root: Path) -> bool:
-    """True when ``path``'s real location is inside ``root``'s real location."""
+def is_inside(path: Path, root: Path, *, root_real: str | None = None) -> bool:
+    """True when ``path``'s real location is inside ``root``'s real location.
+
+    ``root_real`` is ``os.path.realpath(root)`` when the caller already knows it (a check per
+    job need not resolve the same root every time)."""
     try:
-        real = Path(os.path.realpath(path))
-        base = Path(os.path.realpath(root))
+        real = os.path.realpath(path)
+        base = root_real if root_real is not None else os.path.realpath(root)
     except OSError:
         return False
-    return real == base or base in real.parents
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def relative_posix(path: Path, root: Path) -> str:

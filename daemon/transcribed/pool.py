@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from transcribed.backends import Backend, Job
+from transcribed.backends import Backend, Content, Job
 from transcribed.errors import AuthError, ConfigError, LocalIOError, PermanentError
 from transcribed.journal import JobRow, Journal
 from transcribed.logs import get_logger
@@ -36,6 +37,8 @@ MAX_UNEXPECTED = 5
 ADMIT_AT_ONCE = 16
 #: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
 REMOTE_BACKENDS = frozenset({"assemblyai"})
+#: Files up to this size are read once, for hashing and uploading both.
+KEEP_CONTENT_BYTES = 1 << 20
 
 
 @dataclass
@@ -109,12 +112,19 @@ class _Admission:
             self._semaphore.release()
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, keep_up_to: int = 0) -> tuple[str, bytes | None]:
+    """The file's sha256, and its bytes too when it is no larger than ``keep_up_to``."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    kept = bytearray()
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            if len(kept) + len(chunk) <= keep_up_to:
+                kept += chunk
+            else:
+                keep_up_to = 0
+                kept.clear()
+    return digest.hexdigest(), bytes(kept) if keep_up_to else None
 
 
 class Pool:
@@ -133,6 +143,7 @@ class Pool:
         self._backend = backend
         self._outputs = outputs
         self._inbox = inbox
+        self._inbox_real = os.path.realpath(inbox)
         self._settle_s = settle_s
         self._dedupe = dedupe
         self._metrics = metrics or Metrics()
@@ -306,7 +317,7 @@ class Pool:
     async def _prepare(self, row: JobRow, source: Path) -> Job | None:
         """Check the source, hash it once, reserve output names; None if nothing to do now."""
         info = safe_lstat(source)
-        if info is None or not is_inside(source, self._inbox):
+        if info is None or not is_inside(source, self._inbox, root_real=self._inbox_real):
             if row.state == "discovered":
                 log.warning("source_vanished")
                 self._journal.set_state(
@@ -318,12 +329,14 @@ class Pool:
             # An upload cut off before a restart: it is not in flight until it starts again.
             self._journal.update(row.id, upload_started_at=None)
         sha256 = row.sha256
+        data: bytes | None = None
         if row.state == "discovered":
             unchanged = (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
             if sha256 is None or not unchanged:
                 self._phases[row.id] = "hashing"
+                keep = KEEP_CONTENT_BYTES if self._backend.name in REMOTE_BACKENDS else 0
                 try:
-                    sha256 = await asyncio.to_thread(_sha256, source)
+                    sha256, data = await asyncio.to_thread(_sha256, source, keep)
                 except OSError as exc:
                     raise PermanentError(f"cannot read the source: {exc.strerror}") from exc
                 after = safe_lstat(source)
@@ -362,6 +375,7 @@ class Pool:
             submit_started_at=row.submit_started_at,
             submitted_at=row.submitted_at,
             attempts=row.attempts,
+            content=Content(data) if data is not None and row.transcript_id is None else None,
         )
 
     def _take(self, row: JobRow, facts: dict[str, Any]) -> JobRow | None:
@@ -453,7 +467,9 @@ class Pool:
             "submitted_at": _iso(row.submitted_at),
             "failed_at": _iso(time.time()),
         }
-        present = safe_lstat(source) is not None and is_inside(source, self._inbox)
+        present = safe_lstat(source) is not None and is_inside(
+            source, self._inbox, root_real=self._inbox_real
+        )
         final = await self._outputs.fail(source if present else None, row.path, report)
         self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
         elapsed = self._count_outcome("failed", started)

@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+class Content:
+    """A small file's bytes, read while hashing it, handed to its upload once: the first
+    :meth:`take` gets them and frees them, so a job waiting hours for its transcript does not
+    keep them."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def take(self) -> bytes | None:
+        data, self._data = self._data, None
+        return data
+
+
 @dataclass(frozen=True)
 class Job:
     """What a backend needs to know about one source file (a snapshot of its journal row)."""
@@ -27,6 +40,8 @@ class Job:
     submit_started_at: float | None = None
     submitted_at: float | None = None
     attempts: int = 0
+    #: The bytes that were hashed, when the file is small (saves reading it again to upload).
+    content: Content | None = field(default=None, repr=False, compare=False)
 
 
 class Checkpoints(Protocol):

@@ -129,7 +129,10 @@ class AssemblyAIBackend:
         checkpoints.phase("upload_wait")
         async with self._uploads:
             checkpoints.phase("uploading")
-            url = await self.client.upload(job.path, job.size, self._metrics.upload_bytes.inc)
+            content = job.content.take() if job.content is not None else None
+            url = await self.client.upload(
+                job.path, job.size, self._metrics.upload_bytes.inc, content
+            )
         checkpoints.uploaded(url)
         return url
 

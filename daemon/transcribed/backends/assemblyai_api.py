@@ -234,9 +234,15 @@ class AssemblyAIClient:
         ``TransientError`` when the API cannot be reached."""
         await self._once("GET", "/v2/transcript", "list", params={"limit": "1"})
 
-    async def upload(self, path: Path, size: int, on_bytes: Callable[[int], None]) -> str:
+    async def upload(
+        self,
+        path: Path,
+        size: int,
+        on_bytes: Callable[[int], None],
+        content: bytes | None = None,
+    ) -> str:
         """Stream a file to ``/v2/upload`` in 1 MiB chunks (a smaller one in one piece);
-        returns the ``upload_url``."""
+        returns the ``upload_url``. ``content``: the file's bytes, when the caller has them."""
 
         async def send() -> Any:
             timeout = aiohttp.ClientTimeout(
@@ -246,6 +252,11 @@ class AssemblyAIClient:
                 sock_connect=self._settings.connect_timeout_s,
             )
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            if content is not None and len(content) == size:
+                on_bytes(size)
+                return await self._once(
+                    "POST", "/v2/upload", "upload", data=content, headers=headers, timeout=timeout
+                )
             if size <= CHUNK_BYTES:
                 # One chunk: read it in a single trip to a thread and send it as it is.
                 body = await asyncio.to_thread(_read_small, path, size)

@@ -9,6 +9,7 @@ share the next one. The flush runs in a worker thread, so the event loop never w
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,41 +28,42 @@ class GroupSync:
     def __init__(self, flush: Callable[[], None]) -> None:
         self._flush = flush
         self._waiters: list[asyncio.Future[None]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._running = False
 
     @property
     def idle(self) -> bool:
-        return not self._waiters and (self._runner is None or self._runner.done())
+        return not self._waiters and not self._running
 
     async def wait(self) -> None:
         """Return once a flush that started after this call has finished; raises its error."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._run(), name="group-sync")
+        if not self._running:
+            self._start()
         await waiter
 
-    async def _run(self) -> None:
-        while self._waiters:
-            batch, self._waiters = self._waiters, []
-            error: BaseException | None = None
-            try:
-                await asyncio.to_thread(self._flush)
-            except asyncio.CancelledError:  # the loop is closing: nobody may wait for ever
-                for waiter in batch + self._waiters:
-                    waiter.cancel()
-                self._waiters.clear()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, none hangs
-                error = exc
-            for waiter in batch:
-                if waiter.done():  # its caller was cancelled meanwhile
-                    continue
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(_copy(error))
+    def _start(self) -> None:
+        # Callbacks rather than a task awaiting the thread: a waiter resumes in the loop
+        # iteration after its flush ends, which counts when hundreds of jobs finish at once.
+        batch, self._waiters = self._waiters, []
+        self._running = True
+        done = asyncio.get_running_loop().run_in_executor(None, self._flush)
+        done.add_done_callback(functools.partial(self._finished, batch))
+
+    def _finished(self, batch: list[asyncio.Future[None]], done: asyncio.Future[None]) -> None:
+        self._running = False
+        error = None if done.cancelled() else done.exception()
+        for waiter in batch:
+            if waiter.done():  # its caller was cancelled meanwhile
+                continue
+            if done.cancelled():  # the loop is closing: nobody may wait for ever
+                waiter.cancel()
+            elif error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(_copy(error))
+        if self._waiters:
+            self._start()
 
 
 def _copy(error: BaseException) -> BaseException:

@@ -193,7 +193,8 @@ class AssemblyAIBackend:
                     if stuck_reported:
                         wait_s = max(wait_s, STUCK_POLL_S)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(finished.wait(), wait_s)
+                        async with asyncio.timeout(wait_s):
+                            await finished.wait()
                 look_now = False
                 finished.clear()
                 transcript = await self._fetch(transcript_id)

@@ -45,25 +45,36 @@ class GroupSync:
     def _start(self) -> None:
         # Callbacks rather than a task awaiting the thread: a waiter resumes in the loop
         # iteration after its flush ends, which counts when hundreds of jobs finish at once.
-        batch, self._waiters = self._waiters, []
+        batch, self._waiters = [w for w in self._waiters if not w.done()], []
+        if not batch:
+            return
+        try:
+            done = asyncio.get_running_loop().run_in_executor(None, self._flush)
+        except BaseException as exc:  # noqa: BLE001 - no thread (limits, shutdown): tell them all
+            _settle(batch, exc)
+            return
         self._running = True
-        done = asyncio.get_running_loop().run_in_executor(None, self._flush)
         done.add_done_callback(functools.partial(self._finished, batch))
 
     def _finished(self, batch: list[asyncio.Future[None]], done: asyncio.Future[None]) -> None:
         self._running = False
-        error = None if done.cancelled() else done.exception()
-        for waiter in batch:
-            if waiter.done():  # its caller was cancelled meanwhile
-                continue
-            if done.cancelled():  # the loop is closing: nobody may wait for ever
+        if done.cancelled():  # the loop is closing: nobody may wait for ever
+            for waiter in batch:
                 waiter.cancel()
-            elif error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(_copy(error))
+        else:
+            _settle(batch, done.exception())
         if self._waiters:
             self._start()
+
+
+def _settle(batch: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in batch:
+        if waiter.done():  # its caller was cancelled meanwhile
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(_copy(error))
 
 
 def _copy(error: BaseException) -> BaseException:

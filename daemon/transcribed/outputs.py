@@ -29,8 +29,9 @@ _TEMP_IDS = itertools.count()
 
 
 def _temp_name(folder: Path) -> str:
-    # Unique among live processes without a random read (every syscall in a worker thread is
-    # a chance to take the interpreter lock from the event loop).
+    # Without a random read (every syscall in a worker thread is a chance to take the
+    # interpreter lock from the event loop); O_EXCL makes up for what pid + counter cannot
+    # tell apart (another pid namespace on a shared folder, a stale temp).
     return f"{folder}/{TEMP_PREFIX}{os.getpid()}-{next(_TEMP_IDS)}"
 
 
@@ -106,10 +107,13 @@ def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = Path(_temp_name(dst.parent))
+        name, fd = _open_temp(dst.parent)
+        tmp = Path(name)
         try:
-            shutil.copyfile(src, tmp)
-            fsync_path(tmp)
+            with open(fd, "wb") as out, src.open("rb") as inp:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
             tmp.rename(dst)
         except BaseException:
             tmp.unlink(missing_ok=True)

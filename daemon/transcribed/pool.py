@@ -175,26 +175,27 @@ class Pool:
         """
         while not stop.is_set() and self.fatal is None:
             self._wake.clear()
+            now = time.time()  # one clock for the claim and the timer: no deferral between
             pending = self._journal.pending_count()
             free = self._backend.max_concurrency - len(self._tasks)
             if free > 0 and pending > len(self._tasks):
-                for row in self._journal.claimable(free, set(self._tasks)):
+                for row in self._journal.claimable(free, set(self._tasks), now):
                     self._start(row)
             self._metrics.jobs_in_flight.set(len(self._tasks))
             self._metrics.queue_depth.set(max(0, pending - len(self._tasks)))
             if until_idle is not None and until_idle.is_set() and not self._tasks and not pending:
                 return
-            await self._sleep(stop)
+            await self._sleep(stop, now)
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, now: float) -> None:
         """Until woken (a job finished, files arrived, stop) or a deferred job is due.
 
-        Jobs that are due but wait for a free slot need no timer: a finishing job wakes us."""
+        Jobs that were due at ``now`` are running or wait for a free slot, and a finishing job
+        wakes us: only later deferrals need the timer."""
         timeout: float | None = 5.0
-        now = time.time()
         wakeup = self._journal.next_wakeup(now)
         if wakeup is not None:
-            timeout = min(5.0, max(0.05, wakeup - now))
+            timeout = min(5.0, max(0.05, wakeup - time.time()))
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -317,7 +318,7 @@ class Pool:
     async def _prepare(self, row: JobRow, source: Path) -> Job | None:
         """Check the source, hash it once, reserve output names; None if nothing to do now."""
         info = safe_lstat(source)
-        if info is None or not is_inside(source, self._inbox, root_real=self._inbox_real):
+        if info is None or not self._in_inbox(source):
             if row.state == "discovered":
                 log.warning("source_vanished")
                 self._journal.set_state(
@@ -377,6 +378,14 @@ class Pool:
             attempts=row.attempts,
             content=Content(data) if data is not None and row.transcript_id is None else None,
         )
+
+    def _in_inbox(self, source: Path) -> bool:
+        """``source`` really is in the inbox (the inbox resolved again before saying no, in
+        case its own link was re-pointed)."""
+        if is_inside(source, self._inbox, root_real=self._inbox_real):
+            return True
+        self._inbox_real = os.path.realpath(self._inbox)
+        return is_inside(source, self._inbox, root_real=self._inbox_real)
 
     def _take(self, row: JobRow, facts: dict[str, Any]) -> JobRow | None:
         """Record a hashed file's facts, its next state and its output name in one commit;
@@ -467,9 +476,7 @@ class Pool:
             "submitted_at": _iso(row.submitted_at),
             "failed_at": _iso(time.time()),
         }
-        present = safe_lstat(source) is not None and is_inside(
-            source, self._inbox, root_real=self._inbox_real
-        )
+        present = safe_lstat(source) is not None and self._in_inbox(source)
         final = await self._outputs.fail(source if present else None, row.path, report)
         self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
         elapsed = self._count_outcome("failed", started)

@@ -23,6 +23,18 @@ def test_writes_create_missing_folders_and_leave_no_temp_files(tmp_path: Path) -
     assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*"))
 
 
+def test_a_move_creates_the_missing_folder_and_a_vanished_source_is_an_error(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "talk.mp3"
+    source.write_bytes(b"ID3 audio")
+    move_file(source, tmp_path / "done" / "a" / "talk.mp3")
+    assert (tmp_path / "done" / "a" / "talk.mp3").read_bytes() == b"ID3 audio"
+    with pytest.raises(FileNotFoundError):
+        move_file(source, tmp_path / "done" / "b" / "talk.mp3")
+    assert not (tmp_path / "done" / "b").exists()
+
+
 def test_a_move_across_file_systems_copies_then_removes_the_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,8 +88,7 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
         return EXIT_CONFIG
     if args.command == "run":
         return _run(settings, once=args.once, environ=environ)
-    if args.command != "run":
-        _startup_done()
+    _startup_done()
     if args.command == "status":
         return _status(settings, as_json=args.json, limit=args.limit)
     if args.command == "retry":

@@ -98,12 +98,23 @@ def render(result: Result, fmt: str) -> bytes:
     return result.subtitles[fmt].encode()
 
 
+def _rename(src: Path, dst: Path) -> None:
+    """``src.rename(dst)``, creating ``dst``'s folder only when the rename finds it missing
+    (this runs for every finished job)."""
+    try:
+        src.rename(dst)
+    except FileNotFoundError:
+        if not src.exists():
+            raise
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+
+
 def move_file(src: Path, dst: Path, *, sync_folder: bool = True) -> None:
     """Move ``src`` to ``dst`` durably, copying across file systems (blocking); the caller
     syncs ``dst``'s folder when ``sync_folder`` is false."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        src.rename(dst)
+        _rename(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise

@@ -266,26 +266,17 @@ class Pool:
             row = self._journal.get(row.id)
             base = row.output_base or self._reserve(row)
             await self._outputs.write(base, result)
-            completed_at = time.time()
-            self._journal.set_state(
-                row.id,
-                "completed",
-                transcript_id=result.transcript_id,
-                audio_duration_s=result.audio_duration_s,
-                completed_at=completed_at,
-                last_error=None,
-            )
+            completed: dict[str, Any] = {
+                "transcript_id": result.transcript_id,
+                "audio_duration_s": result.audio_duration_s,
+                "completed_at": time.time(),
+                "last_error": None,
+            }
+            self._journal.set_state(row.id, "completed", **completed)
             if result.audio_duration_s:
                 self._metrics.audio_seconds.inc(result.audio_duration_s)
-            row = dataclasses.replace(  # what was just written, without reading it back
-                row,
-                state="completed",
-                output_base=base,
-                transcript_id=result.transcript_id,
-                audio_duration_s=result.audio_duration_s,
-                completed_at=completed_at,
-                last_error=None,
-            )
+            # What was just written, without reading it back.
+            row = dataclasses.replace(row, state="completed", output_base=base, **completed)
             await self._archive(row, source, started)
         except PermanentError as exc:
             current = self._journal.get(row.id)

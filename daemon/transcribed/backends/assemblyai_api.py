@@ -242,7 +242,8 @@ class AssemblyAIClient:
         content: bytes | None = None,
     ) -> str:
         """Stream a file to ``/v2/upload`` in 1 MiB chunks (a smaller one in one piece);
-        returns the ``upload_url``. ``content``: the file's bytes, when the caller has them."""
+        returns the ``upload_url``. ``content``: a one-chunk file's bytes, if the caller has
+        them."""
 
         async def send() -> Any:
             timeout = aiohttp.ClientTimeout(
@@ -252,14 +253,11 @@ class AssemblyAIClient:
                 sock_connect=self._settings.connect_timeout_s,
             )
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            if content is not None and len(content) == size:
-                on_bytes(size)
-                return await self._once(
-                    "POST", "/v2/upload", "upload", data=content, headers=headers, timeout=timeout
-                )
             if size <= CHUNK_BYTES:
-                # One chunk: read it in a single trip to a thread and send it as it is.
-                body = await asyncio.to_thread(_read_small, path, size)
+                # One chunk: the caller's bytes, or one trip to a thread to read them.
+                body = content
+                if body is None or len(body) != size:
+                    body = await asyncio.to_thread(_read_small, path, size)
                 on_bytes(len(body))
                 return await self._once(
                     "POST", "/v2/upload", "upload", data=body, headers=headers, timeout=timeout

@@ -89,6 +89,17 @@ def test_journal_uses_wal(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_claimable_reads_a_large_backlog_in_order_with_whole_rows(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        # More than one statement's worth of ids (rows are read a few hundred at a time).
+        new = journal.discover_many([(f"{n:04d}.mp3", n + 1, 7) for n in range(1203)])
+        journal.update(new["0005.mp3"], sha256="ab" * 32)
+        rows = journal.claimable(1201, {new["0000.mp3"]})
+        assert [row.path for row in rows] == [f"{n:04d}.mp3" for n in range(1, 1202)]
+        assert rows[4].sha256 == "ab" * 32 and rows[4].size == 6 and rows[4].mtime_ns == 7
+        assert rows[0] == journal.get(new["0001.mp3"])
+
+
 def test_output_names_are_reserved_once(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
         a = journal.discover("x/a.mp3", 1, 1)
@@ -98,6 +109,17 @@ def test_output_names_are_reserved_once(tmp_path: Path) -> None:
         assert journal.reserve_output_base(a, candidates, lambda _b: False) == "x/a"
         assert journal.reserve_output_base(a, candidates, lambda _b: False) == "x/a"
         assert journal.reserve_output_base(b, candidates, lambda _b: False) == "x/a.ext"
+        # A name free on disk but recorded for another job (compared case-folded) is skipped;
+        # one taken on disk is skipped too. Looking does not reserve anything.
+        c = journal.discover("x/A.ogg", 1, 1)
+        assert c is not None
+        assert (
+            journal.free_output_base(
+                c, ["X/A", "x/a (2)", "x/a (3)"], lambda base: base == "x/a (2)"
+            )
+            == "x/a (3)"
+        )
+        assert journal.get(c).output_base is None
 
 
 def test_a_transaction_commits_everything_inside_once_or_nothing(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ class Journal:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608 - column list is ours
         if row is None:
             raise KeyError(job_id)
-        return JobRow(**dict(row))
+        return JobRow(*row)
 
     def live_paths(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")}
@@ -294,7 +294,23 @@ class Journal:
             )
             if job_id not in exclude
         ][:limit]
-        return [self.get(job_id) for job_id in ids]
+        return self.rows(ids)
+
+    def rows(self, ids: list[int]) -> list[JobRow]:
+        """These jobs' rows in id order, a few hundred per statement (a backlog's start
+        claims hundreds at once)."""
+        found: list[JobRow] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found += [
+                JobRow(*row)
+                for row in self.db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id",  # noqa: S608 - ours
+                    chunk,
+                )
+            ]
+        return found
 
     def next_wakeup(self, now: float | None = None) -> float | None:
         """When the next live job that is not due yet (a deferral, a settle wait) will be."""
@@ -327,7 +343,7 @@ class Journal:
             f"SELECT {_COLUMNS} FROM jobs ORDER BY updated_at DESC, id DESC LIMIT ?",  # noqa: S608
             (limit,),
         ).fetchall()
-        return [JobRow(**dict(r)) for r in rows]
+        return [JobRow(*r) for r in rows]
 
     def find_same_content(self, sha256: str, backend: str, job_id: int) -> JobRow | None:
         """Another job with these bytes: one whose transcript can be reused (preferred), or one
@@ -339,7 +355,7 @@ class Journal:
             "ORDER BY (transcript_id IS NOT NULL) DESC, (state = 'archived') DESC, id DESC LIMIT 1",
             (sha256, backend, job_id),
         ).fetchone()
-        return JobRow(**dict(row)) if row else None
+        return JobRow(*row) if row else None
 
     def has_transcript(self, transcript_id: str) -> bool:
         row = self.db.execute(
@@ -387,39 +403,50 @@ class Journal:
                     new_ids[path] = cur.lastrowid
         return new_ids
 
-    def update(self, job_id: int, **values: Any) -> None:
-        """Set columns of one job."""
+    def update(self, job_id: int, **values: Any) -> float:
+        """Set columns of one job; returns the ``updated_at`` it wrote."""
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
-        values["updated_at"] = time.time()
+        values["updated_at"] = now = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
         # One statement is its own transaction (autocommit), or joins the caller's: either way
         # one call into SQLite instead of three.
         self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+        return now
 
-    def set_state(self, job_id: int, state: str, **values: Any) -> None:
+    def set_state(self, job_id: int, state: str, **values: Any) -> float:
         if state not in STATES:
             raise ValueError(state)
-        self.update(job_id, state=state, **values)
+        return self.update(job_id, state=state, **values)
+
+    def free_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
+        """The first candidate that no other job owns and ``exists(base)`` says is free.
+
+        Reads only: the caller records it (:func:`output_name`) in the statement that takes
+        the job, so that nothing else can claim it in between (all writes are this thread's).
+        """
+        for base in itertools.islice(candidates, MAX_NAME_TRIES):
+            taken = self.db.execute(
+                "SELECT 1 FROM jobs WHERE output_key = ? AND id != ? LIMIT 1",
+                (output_name(base)["output_key"], job_id),
+            ).fetchone()
+            if taken is None and not exists(base):
+                return base
+        raise RuntimeError(f"no free output name for job {job_id}")
 
     def reserve_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
-        """Pick the first candidate that no other job owns and ``exists(base)`` says is free."""
+        """The job's output name: the one it has, or a free one, recorded now."""
         with self.transaction() as db:
             row = db.execute("SELECT output_base FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None and row[0]:
                 return str(row[0])
-            for base in itertools.islice(candidates, MAX_NAME_TRIES):
-                # Compared case-folded: on a case-insensitive share "Talk" and "talk" are one.
-                key = base.casefold()
-                taken = db.execute(
-                    "SELECT 1 FROM jobs WHERE output_key = ? AND id != ? LIMIT 1", (key, job_id)
-                ).fetchone()
-                if taken is None and not exists(base):
-                    db.execute(
-                        "UPDATE jobs SET output_base = ?, output_key = ?, updated_at = ? "
-                        "WHERE id = ?",
-                        (base, key, time.time(), job_id),
-                    )
-                    return base
-        raise RuntimeError(f"no free output name for job {job_id}")
+            base = self.free_output_base(job_id, candidates, exists)
+            self.update(job_id, **output_name(base))
+            return base
+
+
+def output_name(base: str) -> dict[str, str]:
+    """The columns that record ``base`` as a job's output name. Names are compared
+    case-folded: on a case-insensitive share "Talk" and "talk" are one."""
+    return {"output_base": base, "output_key": base.casefold()}

@@ -23,7 +23,7 @@ import structlog
 
 from transcribed.backends import Backend, Content, Job
 from transcribed.errors import AuthError, ConfigError, LocalIOError, PermanentError
-from transcribed.journal import JobRow, Journal
+from transcribed.journal import JobRow, Journal, output_name
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
 from transcribed.outputs import Outputs
@@ -254,16 +254,17 @@ class Pool:
                 await self._archive(row, source, started)
                 return
             await admission.enter()
-            job = await self._prepare(row, source)
-            if job is None:
+            prepared = await self._prepare(row, source)
+            if prepared is None:
                 return
+            job, row = prepared
             if job.transcript_id is not None:
                 admission.leave()  # submitted before (a restart, or a reused transcript)
             checkpoints = _Checkpoints(self._journal, row.id, self._phases, admission.leave)
             result = await self._backend.transcribe(job, checkpoints)
             admission.leave()
             self._phases[row.id] = "writing"
-            row = self._journal.get(row.id)
+            # ``row`` is as taken: what the backend recorded since is not needed here.
             base = row.output_base or self._reserve(row)
             await self._outputs.write(base, result)
             completed: dict[str, Any] = {
@@ -306,10 +307,12 @@ class Pool:
             admission.leave()
             structlog.contextvars.unbind_contextvars("path", "job_id")
 
-    async def _prepare(self, row: JobRow, source: Path) -> Job | None:
-        """Check the source, hash it once, reserve output names; None if nothing to do now."""
+    async def _prepare(self, row: JobRow, source: Path) -> tuple[Job, JobRow] | None:
+        """Check the source, hash it once, reserve output names; None if nothing to do now.
+
+        Returns the job for the backend and the row as it now stands in the journal."""
         info = safe_lstat(source)
-        if info is None or not self._in_inbox(source):
+        if info is None or not self._in_inbox(source, row.path):
             if row.state == "discovered":
                 log.warning("source_vanished")
                 self._journal.set_state(
@@ -356,7 +359,7 @@ class Pool:
             if taken is None:
                 return None
             row = taken
-        return Job(
+        job = Job(
             id=row.id,
             path=source,
             rel_path=row.path,
@@ -369,44 +372,53 @@ class Pool:
             attempts=row.attempts,
             content=Content(data) if data is not None and row.transcript_id is None else None,
         )
+        return job, row
 
-    def _in_inbox(self, source: Path) -> bool:
-        """``source`` really is in the inbox (the inbox resolved again before saying no, in
-        case its own link was re-pointed)."""
+    def _in_inbox(self, source: Path, rel_path: str) -> bool:
+        """``source`` (``rel_path`` in the inbox, a regular file by ``lstat``) really is in the
+        inbox (the inbox resolved again before saying no, in case its own link was re-pointed).
+        """
+        if "/" not in rel_path:
+            return True  # not a link itself, and no folder between it and the inbox
         if is_inside(source, self._inbox, root_real=self._inbox_real):
             return True
         self._inbox_real = os.path.realpath(self._inbox)
         return is_inside(source, self._inbox, root_real=self._inbox_real)
 
     def _take(self, row: JobRow, facts: dict[str, Any]) -> JobRow | None:
-        """Record a hashed file's facts, its next state and its output name in one commit;
-        None when another job is uploading the same bytes and this one waits for it."""
+        """Record a hashed file's facts, its next state and its output name in one statement
+        (one commit); None when another job is uploading the same bytes and this one waits
+        for it."""
         journal = self._journal
-        with journal.transaction():
-            other = None
-            if self._dedupe and self._backend.name in REMOTE_BACKENDS:
-                other = journal.find_same_content(facts["sha256"], self._backend.name, row.id)
-            if other is not None and other.transcript_id is None:
-                # The same bytes are being uploaded by another job: wait for its transcript.
-                journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
-                return None
-            if other is not None:
-                journal.set_state(
-                    row.id,
-                    "submitted",
-                    **facts,
-                    transcript_id=other.transcript_id,
-                    submitted_at=other.submitted_at,
-                    reused_from=other.id,
-                )
-            else:
-                journal.set_state(row.id, "uploading", **facts, attempts=row.attempts + 1)
-            row = journal.get(row.id)
-            self._reserve(row)
+        other = None
+        if self._dedupe and self._backend.name in REMOTE_BACKENDS:
+            other = journal.find_same_content(facts["sha256"], self._backend.name, row.id)
+        if other is not None and other.transcript_id is None:
+            # The same bytes are being uploaded by another job: wait for its transcript.
+            journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
+            return None
+        changes: dict[str, Any] = dict(facts)
+        if other is not None:
+            changes.update(
+                transcript_id=other.transcript_id,
+                submitted_at=other.submitted_at,
+                reused_from=other.id,
+            )
+            state = "submitted"
+        else:
+            changes.update(attempts=row.attempts + 1)
+            state = "uploading"
+        if row.output_base is None:
+            base = journal.free_output_base(
+                row.id, output_base_candidates(row.path), self._outputs.base_in_use
+            )
+            changes.update(output_name(base))
+        updated_at = journal.set_state(row.id, state, **changes)
         if other is not None:
             log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
             self.stats.reused += 1
-        return row
+        # What was just written, without reading it back.
+        return dataclasses.replace(row, state=state, updated_at=updated_at, **changes)
 
     def _reserve(self, row: JobRow) -> str:
         return self._journal.reserve_output_base(
@@ -467,7 +479,7 @@ class Pool:
             "submitted_at": _iso(row.submitted_at),
             "failed_at": _iso(time.time()),
         }
-        present = safe_lstat(source) is not None and self._in_inbox(source)
+        present = safe_lstat(source) is not None and self._in_inbox(source, row.path)
         final = await self._outputs.fail(source if present else None, row.path, report)
         self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
         elapsed = self._count_outcome("failed", started)

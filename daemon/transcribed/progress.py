@@ -1,27 +1,27 @@
-"""Live progress for ``transcribed run --once`` on a terminal (rich).
+"""Live progress for ``transcribed run --once`` on a terminal (tqdm).
 
 One line: a bar, files finished of those known, in flight, failed, and throughput in files per
 minute and seconds of audio per second. The service gives the display a function returning
 :class:`Counts`; the display calls it from the event loop only (the journal is not thread-safe),
-so rich's own refresh thread stays off.
+so tqdm's monitor thread stays off and the line is redrawn from the loop.
 
-While the display is live, log lines are routed through rich's console: they scroll above the
-bar instead of being overwritten by it. When stdout is not a terminal there is no display at all,
+While the display is live, log lines go through ``tqdm.write``: they scroll above the bar
+instead of being overwritten by it. When stdout is not a terminal there is no display at all,
 and the output is only the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 REFRESH_S = 0.25
 
@@ -63,71 +63,58 @@ def describe(counts: Counts, elapsed_s: float) -> str:
     )
 
 
+class _Line(tqdm):  # type: ignore[type-arg]  # a display only, never iterated
+    """A tqdm bar with one more field for its format: ``{summary}``."""
+
+    summary = "starting"
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        return {**super().format_dict, "summary": self.summary}
+
+
 class ProgressDisplay:
     """``start()``, then ``await run()`` as a task, then ``close()`` for the final state."""
 
     def __init__(
         self,
         counts: Callable[[], Counts],
-        console: Console | None = None,
+        stream: IO[str] | None = None,
         refresh_s: float = REFRESH_S,
     ) -> None:
         self._counts = counts
-        self._console = console or Console()
+        self._stream = stream or sys.stdout
         self._refresh_s = refresh_s
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._line: _Line | None = None
         self._started = time.monotonic()
-        self._rerouted: list[tuple[logging.StreamHandler[IO[str]], IO[str]]] = []
+        self._redirect = contextlib.ExitStack()
 
     def start(self) -> None:
-        progress = Progress(
-            SpinnerColumn(finished_text="✓"),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[summary]}"),
-            TimeElapsedColumn(),
-            console=self._console,
-            auto_refresh=False,  # refreshed from the event loop, see run()
-            transient=False,
-            redirect_stdout=True,
-            redirect_stderr=True,
-        )
+        tqdm.monitor_interval = 0  # redrawn from the event loop, see run(): no thread
         self._started = time.monotonic()
-        self._task = progress.add_task("transcribing", total=None, summary="starting")
-        progress.start()
-        self._progress = progress
-        self._reroute_logs()
+        self._line = _Line(
+            total=0,
+            file=self._stream,
+            bar_format="{desc} {bar:30} {summary} {elapsed}",
+            desc="transcribing",
+            dynamic_ncols=True,
+            leave=True,
+            mininterval=0,
+        )
+        # Log handlers that write to the terminal go through tqdm.write for the duration.
+        self._redirect.enter_context(logging_redirect_tqdm())
         self.update()
 
-    def _reroute_logs(self) -> None:
-        """Point log handlers that write to the terminal at rich's proxies for the duration."""
-        proxies = {
-            id(proxy.rich_proxied_file): proxy
-            for proxy in (sys.stdout, sys.stderr)
-            if hasattr(proxy, "rich_proxied_file")
-        }
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in proxies:
-                original = handler.setStream(proxies[id(handler.stream)])
-                if original is not None:
-                    self._rerouted.append((handler, original))
-
     def update(self, *, final: bool = False) -> None:
-        if self._progress is None or self._task is None:
+        line = self._line
+        if line is None:
             return
         counts = self._counts()
-        elapsed_s = time.monotonic() - self._started
-        self._progress.update(
-            self._task,
-            total=counts.total or None,
-            completed=counts.finished,
-            summary=describe(counts, elapsed_s),
-            description="finished" if final else "transcribing",
-        )
-        if final:
-            self._progress.stop_task(self._task)
-        self._progress.refresh()
+        line.total = counts.total
+        line.n = counts.finished
+        line.summary = describe(counts, time.monotonic() - self._started)
+        line.set_description_str("finished" if final else "transcribing", refresh=False)
+        line.refresh()
 
     async def run(self) -> None:
         """Refresh until cancelled."""
@@ -137,13 +124,11 @@ class ProgressDisplay:
 
     def close(self) -> None:
         """Show the final counts, stop the display and give the log its stream back."""
-        if self._progress is None:
+        if self._line is None:
             return
         try:
             self.update(final=True)
         finally:
-            for handler, original in self._rerouted:
-                handler.setStream(original)
-            self._rerouted.clear()
-            self._progress.stop()
-            self._progress = None
+            self._redirect.close()
+            self._line.close()
+            self._line = None

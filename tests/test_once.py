@@ -48,6 +48,24 @@ async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(
     assert not any(folders.failed.iterdir())
 
 
+async def test_files_larger_than_one_chunk_are_streamed_whole(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    # Above 1 MiB the upload streams the file from disk in chunks instead of sending the
+    # bytes read for its hash; the fake hashes what arrives.
+    sizes = {"long.mp3": (5 << 20) // 2, "exact.mp3": 2 << 20}
+    shas = {rel: make_audio(folders.inbox / rel, seed=rel, size=n) for rel, n in sizes.items()}
+
+    code = await Service(settings_for(folders, fake), once=True).run()
+
+    assert code == 0
+    for rel, sha in shas.items():
+        assert fake.counters.uploads_by_sha256[sha] == 1
+        stem = rel.rsplit(".", 1)[0]
+        assert (folders.outbox / f"{stem}.txt").read_text() == expected_text(sha) + "\n"
+        assert (folders.done / rel).stat().st_size == sizes[rel]
+
+
 async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploaded(
     folders: Folders, fake: FakeAssemblyAI, tmp_path: Path
 ) -> None:

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchfiles import Change, awatch
-
 from transcribed.config import WatchSettings
 from transcribed.journal import Journal
 from transcribed.logs import get_logger
@@ -86,13 +84,13 @@ class Watcher:
         if current is None or (current.size, current.mtime_ns) != (info.st_size, info.st_mtime_ns):
             self._candidates[rel] = _Candidate(info.st_size, info.st_mtime_ns, now)
 
-    def _event(self, change: Change, raw_path: str) -> None:
+    def _event(self, deleted: bool, raw_path: str) -> None:
         path = Path(raw_path)
         try:
             rel = path.relative_to(self.inbox).as_posix()
         except ValueError:
             return
-        if change == Change.deleted:
+        if deleted:
             self._candidates.pop(rel, None)
             return
         info = safe_lstat(path)
@@ -171,6 +169,9 @@ class Watcher:
             self.running = False
 
     async def _events(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        # Here, not at the top: `run --once` only scans, and need not load it.
+        from watchfiles import Change, awatch
+
         started = False
         async for changes in awatch(
             self.inbox,
@@ -189,7 +190,7 @@ class Watcher:
                 if ready is not None:
                     ready.set()
             for change, raw_path in changes:
-                self._event(change, raw_path)
+                self._event(change == Change.deleted, raw_path)
 
     async def drain_once(self, stop: asyncio.Event) -> None:
         """For ``--once``: scan, then settle until every file seen has been handed over."""

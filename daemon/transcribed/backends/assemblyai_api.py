@@ -16,11 +16,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiofiles
 import aiohttp
-from aiofiles.threadpool.binary import AsyncBufferedReader
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
@@ -28,6 +26,9 @@ from transcribed.config import AssemblyAISettings
 from transcribed.errors import AuthError, PermanentError, TransientError, UploadExpiredError
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
+
+if TYPE_CHECKING:
+    from aiofiles.threadpool.binary import AsyncBufferedReader
 
 log = get_logger("transcribed.api")
 T = TypeVar("T")
@@ -265,6 +266,8 @@ class AssemblyAIClient:
             # The file belongs to this task, not to the body generator that aiohttp drives
             # from its own writer task, so it is closed however the request ends.
             # O_NOFOLLOW: a file swapped for a symlink after it was checked is refused.
+            import aiofiles  # only files of more than one chunk stream from disk
+
             async with aiofiles.open(path, "rb", opener=_open_nofollow) as handle:
                 return await self._once(
                     "POST",

@@ -1,6 +1,9 @@
 """``python -m transcribed`` and the ``transcribed`` command."""
 
+import contextlib
 import gc
+import logging
+import os
 import sys
 
 
@@ -11,7 +14,16 @@ def main() -> int:
     gc.disable()
     from transcribed.cli import main as cli_main
 
-    return cli_main()
+    code = cli_main()
+    # The command has closed what it opened (journal, sockets, worker threads, the local
+    # engine's process). What is left is the interpreter's teardown of every module and
+    # object, which costs a batch run tens of milliseconds and does nothing for it; flush the
+    # log and the standard streams and leave now.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing to flush to
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

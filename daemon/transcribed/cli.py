@@ -172,10 +172,4 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
 
 
 def main() -> int:
-    code = cli(sys.argv[1:])
-    # The command is done: freezing the heap spares the interpreter's last garbage collection
-    # at exit a pass over everything a big batch left behind (most of a tenth of a second
-    # after 400 files). atexit handlers and the finalizers of objects freed by reference
-    # counting still run; nothing here relies on a cycle being collected at exit.
-    gc.freeze()
-    return code
+    return cli(sys.argv[1:])

@@ -265,11 +265,12 @@ def _results(
             result = f"n/a ({problem})"
         table.add(
             outcome.name,
-            fmt(outcome.wall_s, 1),
-            ", ".join(f"{w:.1f}" for w in outcome.walls) or "-",
-            fmt(outcome.last_output_s, 1),
+            # Two decimals: a target like 1.05x is decided in hundredths of a second.
+            fmt(outcome.wall_s, 2),
+            ", ".join(f"{w:.2f}" for w in outcome.walls) or "-",
+            fmt(outcome.last_output_s, 2),
             fmt(size.ideal_s, 1),
-            fmt(ratio),
+            fmt(ratio, 3),
             f"<= {target:g}x ideal" if target else "-",
             result,
             fmt(outcome.requests_per_job),

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import io
 import json
+import logging
 import os
 import re
 import struct
+import sys
 import termios
+from collections.abc import Iterator
+
+import pytest
 
 from conftest import Folders, clean_env, daemon_command, make_audio, run_cli, write_config
-from transcribed.progress import Counts, describe
+from transcribed.progress import Counts, ProgressDisplay, describe
 from transcribed.testing import FakeAssemblyAI
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -111,3 +118,46 @@ def test_progress_text_counts_finished_of_known_files_and_throughput() -> None:
     text = describe(counts, elapsed_s=60.0)
     assert text == ("6/12 files · 2 in flight · 1 failed · 6.0 files/min · 5.0 audio s/s")
     assert describe(Counts(), elapsed_s=0.0).startswith("0/0 files")
+
+
+@contextlib.contextmanager
+def terminal_log() -> Iterator[logging.Handler]:
+    """A handler on stdout among the root logger's, as the console log has; removed after.
+    Made inside the test: pytest swaps ``sys.stdout`` between fixtures and the test."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stdout)
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+def test_the_display_routes_logs_through_itself_and_gives_the_handler_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = io.StringIO()
+    display = ProgressDisplay(lambda: Counts(done=1, waiting=1), stream=line)
+    with terminal_log() as handler:
+        display.start()
+        # (pytest's own capture handlers sit on the root logger too; they are not terminal ones)
+        assert handler not in logging.getLogger().handlers
+        logging.getLogger("test").warning("a line above the bar")
+        display.close()
+        assert handler in logging.getLogger().handlers
+
+    assert "a line above the bar" in capsys.readouterr().out
+    last = segments(line.getvalue())[-1]
+    assert last.startswith("finished") and "1/2 files" in last
+
+
+def test_a_display_that_cannot_start_leaves_the_log_as_it_was() -> None:
+    def unreadable() -> Counts:
+        raise RuntimeError("the journal is closed")
+
+    display = ProgressDisplay(unreadable, stream=io.StringIO())
+    with terminal_log() as handler:
+        with pytest.raises(RuntimeError, match="journal is closed"):
+            display.start()
+        assert handler in logging.getLogger().handlers
+    display.close()  # nothing left to close

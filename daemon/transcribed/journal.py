@@ -22,7 +22,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -296,9 +296,10 @@ class Journal:
         ][:limit]
         return self.rows(ids)
 
-    def rows(self, ids: list[int]) -> list[JobRow]:
-        """These jobs' rows in id order, a few hundred per statement (a backlog's start
-        claims hundreds at once)."""
+    def rows(self, ids: Iterable[int]) -> list[JobRow]:
+        """These jobs' rows in id order (unknown ids are left out), a few hundred per
+        statement: a backlog's start claims hundreds at once."""
+        ids = sorted(ids)
         found: list[JobRow] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -420,7 +421,9 @@ class Journal:
             raise ValueError(state)
         return self.update(job_id, state=state, **values)
 
-    def free_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
+    def free_output_base(
+        self, job_id: int, candidates: Iterable[str], exists: Callable[[str], bool]
+    ) -> str:
         """The first candidate that no other job owns and ``exists(base)`` says is free.
 
         Reads only: the caller records it (:func:`output_name`) in the statement that takes
@@ -435,7 +438,9 @@ class Journal:
                 return base
         raise RuntimeError(f"no free output name for job {job_id}")
 
-    def reserve_output_base(self, job_id: int, candidates: Iterable[str], exists: Any) -> str:
+    def reserve_output_base(
+        self, job_id: int, candidates: Iterable[str], exists: Callable[[str], bool]
+    ) -> str:
         """The job's output name: the one it has, or a free one, recorded now."""
         with self.transaction() as db:
             row = db.execute("SELECT output_base FROM jobs WHERE id = ?", (job_id,)).fetchone()

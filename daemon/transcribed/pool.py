@@ -310,7 +310,8 @@ class Pool:
     async def _prepare(self, row: JobRow, source: Path) -> tuple[Job, JobRow] | None:
         """Check the source, hash it once, reserve output names; None if nothing to do now.
 
-        Returns the job for the backend and the row as it now stands in the journal."""
+        Returns the job for the backend and the row as taken (what later steps read from it,
+        the output name above all, is what the journal holds)."""
         info = safe_lstat(source)
         if info is None or not self._in_inbox(source, row.path):
             if row.state == "discovered":

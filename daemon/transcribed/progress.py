@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ def describe(counts: Counts, elapsed_s: float) -> str:
 class _Line(tqdm):  # type: ignore[type-arg]  # a display only, never iterated
     """A tqdm bar with one more field for its format: ``{summary}``."""
 
+    monitor_interval = 0  # redrawn from the event loop, see ProgressDisplay.run(): no thread
     summary = "starting"
 
     @property
@@ -90,7 +93,9 @@ class ProgressDisplay:
         self._redirect = contextlib.ExitStack()
 
     def start(self) -> None:
-        tqdm.monitor_interval = 0  # redrawn from the event loop, see run(): no thread
+        # A thread lock for the bar and tqdm.write alike: tqdm's default also makes a
+        # multiprocessing lock, which this single-process display does not need.
+        tqdm.set_lock(threading.RLock())
         self._started = time.monotonic()
         self._line = _Line(
             total=0,
@@ -101,9 +106,13 @@ class ProgressDisplay:
             leave=True,
             mininterval=0,
         )
-        # Log handlers that write to the terminal go through tqdm.write for the duration.
-        self._redirect.enter_context(logging_redirect_tqdm())
-        self.update()
+        try:
+            # The root logger's terminal handler goes through tqdm.write for the duration.
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.root]))
+            self.update()
+        except BaseException:
+            self._stop()
+            raise
 
     def update(self, *, final: bool = False) -> None:
         line = self._line
@@ -128,7 +137,11 @@ class ProgressDisplay:
             return
         try:
             self.update(final=True)
-        finally:
-            self._redirect.close()
+        finally:  # the log gets its stream back even if the last counts cannot be read
+            self._stop()
+
+    def _stop(self) -> None:
+        self._redirect.close()
+        if self._line is not None:
             self._line.close()
             self._line = None

@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 REFRESH_S = 0.25
 
@@ -65,15 +65,10 @@ def describe(counts: Counts, elapsed_s: float) -> str:
     )
 
 
-class _Line(tqdm):  # type: ignore[type-arg]  # a display only, never iterated
-    """A tqdm bar with one more field for its format: ``{summary}``."""
-
-    monitor_interval = 0  # redrawn from the event loop, see ProgressDisplay.run(): no thread
-    summary = "starting"
-
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        return {**super().format_dict, "summary": self.summary}
+def _bar_format(state: str, summary: str) -> str:
+    """The line's format for tqdm: state, bar, our text (its braces escaped), elapsed."""
+    text = summary.replace("{", "{{").replace("}", "}}")
+    return f"{state} {{bar:30}} {text} {{elapsed}}"
 
 
 class ProgressDisplay:
@@ -88,20 +83,25 @@ class ProgressDisplay:
         self._counts = counts
         self._stream = stream or sys.stdout
         self._refresh_s = refresh_s
-        self._line: _Line | None = None
+        self._line: tqdm[Any] | None = None
         self._started = time.monotonic()
         self._redirect = contextlib.ExitStack()
 
     def start(self) -> None:
-        # A thread lock for the bar and tqdm.write alike: tqdm's default also makes a
-        # multiprocessing lock, which this single-process display does not need.
+        # Imported here: most runs (a pipe, cron, a service) never show the display.
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # Redrawn from the event loop (see run()), so no monitor thread; and a thread lock
+        # for the line and tqdm.write alike, where tqdm's default also makes a
+        # multiprocessing one. Nothing else in this process draws with tqdm.
+        tqdm.monitor_interval = 0
         tqdm.set_lock(threading.RLock())
         self._started = time.monotonic()
-        self._line = _Line(
+        self._line = tqdm(
             total=0,
             file=self._stream,
-            bar_format="{desc} {bar:30} {summary} {elapsed}",
-            desc="transcribing",
+            bar_format=_bar_format("transcribing", "starting"),
             dynamic_ncols=True,
             leave=True,
             mininterval=0,
@@ -121,8 +121,8 @@ class ProgressDisplay:
         counts = self._counts()
         line.total = counts.total
         line.n = counts.finished
-        line.summary = describe(counts, time.monotonic() - self._started)
-        line.set_description_str("finished" if final else "transcribing", refresh=False)
+        summary = describe(counts, time.monotonic() - self._started)
+        line.bar_format = _bar_format("finished" if final else "transcribing", summary)
         line.refresh()
 
     async def run(self) -> None:

@@ -12,9 +12,9 @@ def main() -> NoReturn:
     # as the process; the collector's passes over them while they are being made are wasted
     # (about a tenth of start-up here). The command turns it back on once start-up is over.
     gc.disable()
-    from transcribed.cli import main as cli_main
+    from transcribed.cli import cli
 
-    code = cli_main()
+    code = cli(sys.argv[1:])
     # The command has closed what it opened (journal, sockets, worker threads, the local
     # engine's processes, which it kills if they do not stop). What is left is the
     # interpreter's teardown of every module and object, which costs a batch run tens of

@@ -169,7 +169,3 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
                 line += f"  error: {job['last_error']}"
             print(line)
     return 0
-
-
-def main() -> int:
-    return cli(sys.argv[1:])

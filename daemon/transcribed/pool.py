@@ -312,8 +312,8 @@ class Pool:
 
         Returns the job for the backend and the row as taken (what later steps read from it,
         the output name above all, is what the journal holds)."""
-        info = safe_lstat(source)
-        if info is None or not self._in_inbox(source, row.path):
+        info = self._present(source, row.path)
+        if info is None:
             if row.state == "discovered":
                 log.warning("source_vanished")
                 self._journal.set_state(
@@ -375,10 +375,18 @@ class Pool:
         )
         return job, row
 
+    def _present(self, source: Path, rel_path: str) -> os.stat_result | None:
+        """``source``'s ``lstat`` when it is a regular file (not a link) really inside the
+        inbox, where ``rel_path`` says it is; else None."""
+        info = safe_lstat(source)
+        if info is None or not self._in_inbox(source, rel_path):
+            return None
+        return info
+
     def _in_inbox(self, source: Path, rel_path: str) -> bool:
-        """``source`` (``rel_path`` in the inbox, a regular file by ``lstat``) really is in the
-        inbox (the inbox resolved again before saying no, in case its own link was re-pointed).
-        """
+        """For :meth:`_present`, which has found ``source`` a regular file by ``lstat``: it
+        really is in the inbox (the inbox resolved again before saying no, in case its own
+        link was re-pointed)."""
         if "/" not in rel_path:
             return True  # not a link itself, and no folder between it and the inbox
         if is_inside(source, self._inbox, root_real=self._inbox_real):
@@ -480,7 +488,7 @@ class Pool:
             "submitted_at": _iso(row.submitted_at),
             "failed_at": _iso(time.time()),
         }
-        present = safe_lstat(source) is not None and self._in_inbox(source, row.path)
+        present = self._present(source, row.path) is not None
         final = await self._outputs.fail(source if present else None, row.path, report)
         self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
         elapsed = self._count_outcome("failed", started)

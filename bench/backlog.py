@@ -19,6 +19,7 @@ import importlib
 import math
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from bench.common import (
     Counters,
     FakeServer,
     Folders,
+    LogFollower,
     Table,
+    Timeline,
     clean_env,
     copy_files,
     count_outputs,
@@ -80,6 +83,10 @@ class Outcome:
     """The daemon's last warnings/errors when it did not transcribe every file."""
     walls: list[float] = field(default_factory=list)
     """Wall seconds of every round (the outcome itself is the best round)."""
+    timeline: Timeline | None = None
+    """The service's submits and completions, in seconds after the process started."""
+    started_s: float | None = None
+    """The daemon's ``daemon_started`` log line, in seconds after the process started."""
 
     @property
     def requests_per_job(self) -> float:
@@ -116,6 +123,7 @@ def _daemon(
         child = start_daemon(folders, config, once=True)
         usage = child.wait(timeout_s=20 * size.ideal_s + 120)
         counters = fake.counters()
+        timeline = fake.timeline().since(child.started_at)
     last = last_output_at(folders.outbox)
     done = count_outputs(folders.outbox)
     return Outcome(
@@ -129,7 +137,18 @@ def _daemon(
         done=done,
         exit_code=usage.exit_code,
         problems=log_problems(folders.log) if done < len(files) or usage.exit_code else [],
+        timeline=timeline,
+        started_s=_logged_at(folders.log, "daemon_started", child.started_at),
     )
+
+
+def _logged_at(log: Path, event: str, start: float) -> float | None:
+    """When the daemon first logged ``event``, in seconds after ``start``."""
+    for line in LogFollower(log).poll():
+        if line.get("event") == event and "timestamp" in line:
+            stamp = datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
+            return stamp.timestamp() - start
+    return None
 
 
 def _client(
@@ -150,6 +169,7 @@ def _client(
             )
             usage = child.wait(timeout_s=20 * size.ideal_s + 30 * len(files) + 120)
         counters = fake.counters()
+        timeline = fake.timeline().since(child.started_at)
     last = last_output_at(out)
     return Outcome(
         name=name,
@@ -161,6 +181,8 @@ def _client(
         cpu_s=usage.cpu_s * scale,
         done=count_outputs(out),
         exit_code=usage.exit_code,
+        # A subset scaled up has no whole-backlog timeline.
+        timeline=timeline if scale == 1.0 else None,
     )
 
 
@@ -221,6 +243,7 @@ def run(quick: bool) -> list[Table]:
     return [
         _results(size, polling, webhooks, sdk, sequential),
         _ratios(polling, webhooks, sdk),
+        _time_budget(size, [o for o in (polling, webhooks, sdk) if o is not None]),
     ]
 
 
@@ -345,4 +368,49 @@ def _ratios(polling: Outcome, webhooks: Outcome | None, sdk: Outcome) -> Table:
             "<= SDK",
             verdict(fewer) if judged else f"n/a ({problem})",
         )
+    return table
+
+
+def _time_budget(size: Size, outcomes: list[Outcome]) -> Table:
+    """Where each contender's time beyond the ideal goes, from the service's own clock."""
+    cap = min(size.cap, size.files)
+    table = Table(
+        "backlog: where the time beyond the ideal goes (best round)",
+        [
+            "contender", "start-up s", "first submit s", f"submit #{cap} s",
+            "last completion s", "wall s", "beyond ideal s", "= until first submit",
+            f"+ submits 1..{cap}", "+ service beyond ideal", "+ after last completion",
+        ],
+    )  # fmt: skip
+    for outcome in outcomes:
+        timeline = outcome.timeline
+        if timeline is None or len(timeline.created) < cap or not timeline.completed:
+            table.add(outcome.name, *["n/a"] * 10)
+            continue
+        first, nth, last = timeline.created[0], timeline.created[cap - 1], timeline.completed[-1]
+        table.add(
+            outcome.name,
+            fmt(outcome.started_s, 3) if outcome.started_s is not None else "-",
+            fmt(first, 3),
+            fmt(nth, 3),
+            fmt(last, 3),
+            fmt(outcome.wall_s, 3),
+            fmt(outcome.wall_s - size.ideal_s, 3),
+            fmt(first, 3),
+            fmt(nth - first, 3),
+            fmt(last - nth - size.ideal_s, 3),
+            fmt(outcome.wall_s - last, 3),
+        )
+    table.notes += [
+        "Seconds after the contender's process started, from the fake's record of when it "
+        "took each submit and completed each transcript. The service starts a job at once "
+        f"while fewer than {size.cap} run, so the last transcript completes about "
+        f"{size.ideal_s:g} s after submit #{cap} at best: the time beyond the ideal is the "
+        "time until the first submit, the time to submit the first "
+        f"{cap}, the service's own lateness past that, and the work after the last "
+        "completion (noticing it, fetching, writing the transcripts, moving the source, "
+        "exiting).",
+        "start-up: until the daemon's daemon_started log line (imports, configuration, "
+        "journal, HTTP receiver, key check).",
+    ]
     return table

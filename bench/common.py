@@ -205,6 +205,19 @@ class UploadTiming:
 
 
 @dataclass(frozen=True, slots=True)
+class Timeline:
+    """When the fake created (took the submit of) and completed each transcript: sorted lists
+    of wall-clock seconds."""
+
+    created: list[float]
+    completed: list[float]
+
+    def since(self, start: float) -> Timeline:
+        """The same moments, as seconds after ``start``."""
+        return Timeline([t - start for t in self.created], [t - start for t in self.completed])
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     """The fake's counters, as read from its control endpoint."""
 
@@ -287,6 +300,10 @@ class FakeServer:
 
     def uploads(self) -> list[UploadTiming]:
         return [UploadTiming(**item) for item in self._get("/uploads")]
+
+    def timeline(self) -> Timeline:
+        data = self._get("/timeline")
+        return Timeline(created=data["created"], completed=data["completed"])
 
     def jobs(self) -> dict[str, int]:
         jobs: dict[str, int] = self._get("/jobs")

@@ -9,6 +9,8 @@ server (a second port on the same event loop) answers:
 - ``GET /uploads``: one record per finished upload: wall-clock start (request handler entered)
   and end (body fully read), size and sha256, so a benchmark can time each upload from outside;
 - ``GET /jobs``: transcripts per status;
+- ``GET /timeline``: when each transcript was created (submitted) and completed, as two sorted
+  lists of wall-clock seconds;
 - ``POST /reset``: zero the counters and forget the upload records.
 
 Running the fake in its own process keeps its CPU out of the measuring process and out of the
@@ -24,6 +26,7 @@ import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +81,11 @@ def counters_json(fake: FakeAssemblyAI) -> dict[str, Any]:
     }
 
 
+def _epoch(moment: datetime) -> float:
+    """The fake's naive UTC times as wall-clock seconds."""
+    return moment.replace(tzinfo=UTC).timestamp()
+
+
 def control_app(fake: TimedFake) -> web.Application:
     """The control routes over one running fake."""
 
@@ -90,6 +98,15 @@ def control_app(fake: TimedFake) -> web.Application:
     async def jobs(_request: web.Request) -> web.Response:
         return web.json_response(dict(Counter(r.status for r in fake.transcripts.values())))
 
+    async def timeline(_request: web.Request) -> web.Response:
+        records = list(fake.transcripts.values())
+        return web.json_response(
+            {
+                "created": sorted(_epoch(r.created) for r in records),
+                "completed": sorted(_epoch(r.completed) for r in records if r.completed),
+            }
+        )
+
     async def reset(_request: web.Request) -> web.Response:
         fake.reset_counters()
         fake.upload_timings.clear()
@@ -99,6 +116,7 @@ def control_app(fake: TimedFake) -> web.Application:
     app.router.add_get("/counters", counters)
     app.router.add_get("/uploads", uploads)
     app.router.add_get("/jobs", jobs)
+    app.router.add_get("/timeline", timeline)
     app.router.add_post("/reset", reset)
     return app
 

@@ -4,7 +4,8 @@
   are known exactly (not mixed with other children of the benchmark);
 - :class:`RssSampler`: polls ``/proc/<pid>/status`` (VmRSS, VmHWM) every 50 ms;
 - :class:`FakeServer`: the fake AssemblyAI API in its own process (``bench.fake_server``),
-  with its counters and per-upload timings read over a control endpoint;
+  with its counters, per-upload timings and submit/completion timeline read over a control
+  endpoint;
 - :class:`Folders`, :func:`write_daemon_config`, :func:`start_daemon`, :class:`LogFollower`:
   the real daemon as a subprocess, pointed at the fake and temp folders;
 - audio-looking test files, and :class:`Table` rendering.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -100,6 +101,27 @@ async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploade
     assert (folders.inbox / "link.mp3").is_symlink()
     assert (tmp_path / "outside" / "secret.mp3").is_file()
     assert API_KEY not in json.dumps(report)
+
+
+async def test_a_folder_re_pointed_out_of_the_inbox_mid_job_leaves_the_outside_alone(
+    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path
+) -> None:
+    sha = make_audio(folders.inbox / "team" / "talk.mp3", seed="talk")
+    outside = tmp_path / "outside"
+    make_audio(outside / "talk.mp3", seed="someone else's")
+    fake.hold_jobs()
+    run = asyncio.create_task(Service(settings_for(folders, fake), once=True).run())
+    await fake.wait_until(lambda: fake.counters.submits == 1, timeout_s=30)
+    # While the transcript is processing, the folder is swapped for a link to elsewhere.
+    (folders.inbox / "team").rename(tmp_path / "moved-away")
+    (folders.inbox / "team").symlink_to(outside, target_is_directory=True)
+    fake.release_jobs()
+
+    assert await asyncio.wait_for(run, 30) == 0
+    assert (folders.outbox / "team" / "talk.txt").read_text() == expected_text(sha) + "\n"
+    assert (outside / "talk.mp3").is_file()  # not moved into done/ through the link
+    assert not (folders.done / "team" / "talk.mp3").exists()
+    assert (tmp_path / "moved-away" / "talk.mp3").is_file()
 
 
 async def test_wrong_key_exits_2_with_a_clear_message_and_moves_nothing(

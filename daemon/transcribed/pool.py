@@ -436,10 +436,12 @@ class Pool:
 
     async def _archive(self, row: JobRow, source: Path, started: float) -> None:
         self._phases[row.id] = "moving"
-        if safe_lstat(source) is not None:
+        if self._present(source, row.path) is not None:
             final = await self._outputs.archive(source, row.path)
         else:
-            final = row.final_path or row.path  # moved before a crash; the journal lagged
+            # Moved before a crash (the journal lagged), or no longer in the inbox (its folder
+            # re-pointed elsewhere): nothing to move, and nothing outside the inbox is touched.
+            final = row.final_path or row.path
         self._journal.set_state(
             row.id, "archived", source_moved=1, final_path=final, finished_at=time.time()
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +22,11 @@ from conftest import (
     settings_for,
     write_config,
 )
+from transcribed.backends import assemblyai, assemblyai_api
+from transcribed.backends.assemblyai_status import StatusTracker
 from transcribed.service import Service
 from transcribed.testing import FakeAssemblyAI
+from transcribed.testing.handlers import ROUTE_UPLOAD
 
 
 async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(
@@ -122,6 +127,48 @@ async def test_a_folder_re_pointed_out_of_the_inbox_mid_job_leaves_the_outside_a
     assert (outside / "talk.mp3").is_file()  # not moved into done/ through the link
     assert not (folders.done / "team" / "talk.mp3").exists()
     assert (tmp_path / "moved-away" / "talk.mp3").is_file()
+
+
+async def test_polling_reads_audio_durations_only_after_the_backlogs_submits(
+    folders: Folders, fake: FakeAssemblyAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The header parser holds the interpreter lock; the submits, which start the service's
+    # clock, go first. One upload answers late: the other job's read waits for its submit.
+    submitted: list[float] = []
+    read: list[float] = []
+    planned: list[tuple[str, float | None]] = []
+    submit = assemblyai_api.AssemblyAIClient.submit
+
+    async def timed_submit(self: Any, params: dict[str, Any]) -> str:
+        transcript_id = await submit(self, params)
+        submitted.append(time.monotonic())
+        return transcript_id
+
+    def duration(_path: Path) -> float:
+        read.append(time.monotonic())
+        return 42.0
+
+    set_duration = StatusTracker.set_duration
+
+    def spy(self: StatusTracker, transcript_id: str, duration_s: float | None) -> None:
+        planned.append((transcript_id, duration_s))
+        set_duration(self, transcript_id, duration_s)
+
+    monkeypatch.setattr(assemblyai_api.AssemblyAIClient, "submit", timed_submit)
+    monkeypatch.setattr(assemblyai, "audio_duration_s", duration)
+    monkeypatch.setattr(StatusTracker, "set_duration", spy)
+    fake.config.faults.slow_s = 0.5  # below the 1 s a job waits at most
+    fake.fail_next(ROUTE_UPLOAD, kind="slow")
+    for name in ("a.mp3", "b.mp3"):
+        make_audio(folders.inbox / name, seed=name)
+
+    assert await Service(settings_for(folders, fake), once=True).run() == 0
+
+    assert len(submitted) == len(read) == 2
+    assert max(submitted) - min(submitted) >= 0.4  # one submit really came late
+    assert min(read) >= max(submitted)
+    assert sorted(d for _, d in planned) == [42.0, 42.0]
+    assert len({t for t, _ in planned}) == 2
 
 
 async def test_wrong_key_exits_2_with_a_clear_message_and_moves_nothing(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from transcribed.backends import Checkpoints, Job, Result
@@ -25,6 +26,8 @@ log = get_logger("transcribed.assemblyai")
 SUBTITLE_FORMATS = ("srt", "vtt")
 #: How often a stuck job (queued or processing past ``stuck_after_s``) is still polled.
 STUCK_POLL_S = 300.0
+#: Longest a job puts off reading its audio's duration while other jobs upload or submit.
+DURATION_DEFER_S = 1.0
 #: The header the service sends back with each webhook, holding this daemon's secret.
 WEBHOOK_HEADER = "X-Transcribed-Webhook-Secret"
 
@@ -57,6 +60,10 @@ class AssemblyAIBackend:
         self._polling = 0
         self._tracker: StatusTracker | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Jobs between their first upload byte and their transcript id; set while none are.
+        self._sending = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     @property
     def client(self) -> AssemblyAIClient:
@@ -103,18 +110,14 @@ class AssemblyAIBackend:
         if transcript_id is None:
             transcript_id, upload_url = await self._upload_and_submit(job, checkpoints)
         submitted_at = job.submitted_at or time.time()
-        # The duration plans status checks only; read after the submit, so a backlog's
-        # submits do not wait for it. Webhooks say when a job is done: no plan needed.
-        duration_s = None
-        if not self.tracker.webhooks:
-            duration_s = await asyncio.to_thread(audio_duration_s, job.path)
         transcript = await self._poll(
             transcript_id,
             upload_url,
             checkpoints,
             fresh=job.transcript_id is None,
             submitted_at=submitted_at,
-            duration_s=duration_s,
+            # Webhooks say when a job is done: no plan of status checks, so no duration.
+            audio=None if self.tracker.webhooks else job.path,
         )
         transcript_id = str(transcript["id"])
         subtitles = {
@@ -137,6 +140,16 @@ class AssemblyAIBackend:
         return url
 
     async def _upload_and_submit(self, job: Job, checkpoints: Checkpoints) -> tuple[str, str]:
+        self._sending += 1
+        self._quiet.clear()
+        try:
+            return await self._send(job, checkpoints)
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._quiet.set()
+
+    async def _send(self, job: Job, checkpoints: Checkpoints) -> tuple[str, str]:
         upload_url = job.upload_url
         if upload_url is not None and job.submit_started_at is not None:
             # A submit was sent before a crash, but its answer never reached the journal.
@@ -176,16 +189,21 @@ class AssemblyAIBackend:
         *,
         fresh: bool,
         submitted_at: float,
-        duration_s: float | None,
+        audio: Path | None,
     ) -> dict[str, Any]:
         s = self.settings
         tracker = self.tracker
         started = time.monotonic()
         look_now = not fresh  # resumed after a restart: it may have finished meanwhile
         stuck_reported = resubmitted = False
+        duration_s: float | None = None
         finished = tracker.watch(transcript_id, submitted_at, duration_s)
         self._polling += 1
         try:
+            if audio is not None:
+                checkpoints.phase("polling")
+                duration_s = await self._duration_s(audio)
+                tracker.set_duration(transcript_id, duration_s)
             while True:
                 checkpoints.phase("polling")
                 if not look_now:
@@ -230,6 +248,16 @@ class AssemblyAIBackend:
         finally:
             tracker.forget(transcript_id)
             self._polling -= 1
+
+    async def _duration_s(self, audio: Path) -> float | None:
+        """The audio's duration from its header, which plans this job's status checks, seconds
+        away. Read once no job is uploading or submitting (or after ``DURATION_DEFER_S``): the
+        header parser is Python holding the interpreter lock, and with a backlog every submit
+        it delays delays a whole wave of transcripts."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DURATION_DEFER_S):
+                await self._quiet.wait()
+        return await asyncio.to_thread(audio_duration_s, audio)
 
     async def _fetch(self, transcript_id: str) -> dict[str, Any]:
         try:

@@ -114,6 +114,13 @@ class StatusTracker:
             self._changed.set()
         return entry.event
 
+    def set_duration(self, transcript_id: str, duration_s: float | None) -> None:
+        """The audio's duration, read after the job began to be watched."""
+        entry = self._watches.get(transcript_id)
+        if entry is not None and duration_s is not None:
+            entry.duration_s = duration_s
+            self._changed.set()
+
     def watching(self, transcript_id: str) -> bool:
         return transcript_id in self._watches
 

@@ -157,7 +157,8 @@ async def test_polling_reads_audio_durations_only_after_the_backlogs_submits(
     monkeypatch.setattr(assemblyai_api.AssemblyAIClient, "submit", timed_submit)
     monkeypatch.setattr(assemblyai, "audio_duration_s", duration)
     monkeypatch.setattr(StatusTracker, "set_duration", spy)
-    fake.config.faults.slow_s = 0.5  # below the 1 s a job waits at most
+    monkeypatch.setattr(assemblyai, "DURATION_DEFER_S", 30.0)  # the order, not the time limit
+    fake.config.faults.slow_s = 0.5
     fake.fail_next(ROUTE_UPLOAD, kind="slow")
     for name in ("a.mp3", "b.mp3"):
         make_audio(folders.inbox / name, seed=name)

@@ -11,6 +11,7 @@ import pytest
 from transcribed.backends.assemblyai_status import (
     OVERDUE_BACKOFF,
     PRIOR_BASE_S,
+    PRIOR_RATIO,
     SWEEP_MIN_S,
     StatusTracker,
 )
@@ -48,3 +49,15 @@ def test_a_queued_job_is_not_due_until_it_starts_and_its_queue_time_is_not_learn
     tracker.observe("t1", None)
     # Learned from 4 s of processing, not from the 30 s since the submit.
     assert PRIOR_BASE_S < tracker.expected_s(None) < 4.0
+
+
+def test_a_job_plans_no_sweep_until_its_duration_is_read() -> None:
+    tracker, now = _tracker(), time.time()
+    # Due now if its audio were short; its header is still being read.
+    tracker.watch("t1", now - PRIOR_BASE_S, None, duration_pending=True)
+    assert tracker._next_sweep_in_s(now) == 20.0  # poll_max_s: nothing planned by it
+    tracker.set_duration("t1", 10.0)  # 10 s of audio: due 1 s from now
+    assert tracker._next_sweep_in_s(now) == pytest.approx(PRIOR_RATIO * 10.0 / 2)
+    tracker.watch("t2", now - PRIOR_BASE_S, None, duration_pending=True)
+    tracker.set_duration("t2", None)  # unreadable header: planned as a short file
+    assert tracker._next_sweep_in_s(now) == SWEEP_MIN_S

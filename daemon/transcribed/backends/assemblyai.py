@@ -197,12 +197,15 @@ class AssemblyAIBackend:
         look_now = not fresh  # resumed after a restart: it may have finished meanwhile
         stuck_reported = resubmitted = False
         duration_s: float | None = None
-        finished = tracker.watch(transcript_id, submitted_at, duration_s)
+        finished = tracker.watch(
+            transcript_id, submitted_at, duration_s, duration_pending=audio is not None
+        )
         self._polling += 1
         try:
             if audio is not None:
                 checkpoints.phase("polling")
-                duration_s = await self._duration_s(audio)
+                # A resumed job looks at once: it may have finished meanwhile.
+                duration_s = await self._duration_s(audio, defer=fresh)
                 tracker.set_duration(transcript_id, duration_s)
             while True:
                 checkpoints.phase("polling")
@@ -249,14 +252,15 @@ class AssemblyAIBackend:
             tracker.forget(transcript_id)
             self._polling -= 1
 
-    async def _duration_s(self, audio: Path) -> float | None:
+    async def _duration_s(self, audio: Path, *, defer: bool) -> float | None:
         """The audio's duration from its header, which plans this job's status checks, seconds
-        away. Read once no job is uploading or submitting (or after ``DURATION_DEFER_S``): the
-        header parser is Python holding the interpreter lock, and with a backlog every submit
-        it delays delays a whole wave of transcripts."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DURATION_DEFER_S):
-                await self._quiet.wait()
+        away. With ``defer``, read once no job is uploading or submitting (or after
+        ``DURATION_DEFER_S``): the header parser is Python holding the interpreter lock, and
+        with a backlog every submit it delays delays a whole wave of transcripts."""
+        if defer:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DURATION_DEFER_S):
+                    await self._quiet.wait()
         return await asyncio.to_thread(audio_duration_s, audio)
 
     async def _fetch(self, transcript_id: str) -> dict[str, Any]:

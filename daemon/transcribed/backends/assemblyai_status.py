@@ -66,6 +66,8 @@ class _Watch:
     status: str | None = None
     started_at: float | None = None
     """When the service started processing it, as far as the sweeps can tell."""
+    planned: bool = True
+    """False while its audio's duration is still being read: sweeps are not planned by it."""
 
 
 class StatusTracker:
@@ -105,20 +107,28 @@ class StatusTracker:
         return (entry.started_at or entry.submitted_at) + expected
 
     def watch(
-        self, transcript_id: str, submitted_at: float, duration_s: float | None
+        self,
+        transcript_id: str,
+        submitted_at: float,
+        duration_s: float | None,
+        *,
+        duration_pending: bool = False,
     ) -> asyncio.Event:
+        """Wait for ``transcript_id``. With ``duration_pending`` its due time is not known yet:
+        it is swept with the others, but plans no sweep until :meth:`set_duration`."""
         entry = self._watches.get(transcript_id)
         if entry is None:
-            entry = _Watch(submitted_at, duration_s)
+            entry = _Watch(submitted_at, duration_s, planned=not duration_pending)
             self._watches[transcript_id] = entry
             self._changed.set()
         return entry.event
 
     def set_duration(self, transcript_id: str, duration_s: float | None) -> None:
-        """The audio's duration, read after the job began to be watched."""
+        """The audio's duration (None: unknown), read after the job began to be watched."""
         entry = self._watches.get(transcript_id)
-        if entry is not None and duration_s is not None:
+        if entry is not None:
             entry.duration_s = duration_s
+            entry.planned = True
             self._changed.set()
 
     def watching(self, transcript_id: str) -> bool:
@@ -162,6 +172,8 @@ class StatusTracker:
             return max(60.0, self._settings.poll_max_s)
         wait = self._settings.poll_max_s
         for entry in self._watches.values():
+            if not entry.planned:
+                continue
             due = self.due_at(entry, now)
             wait = min(wait, (due - now) / 2 if due > now else (now - due) * OVERDUE_BACKOFF)
         # Never more often than the pages of the last sweep fit in the polling share of the

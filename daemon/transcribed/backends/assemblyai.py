@@ -196,9 +196,9 @@ class AssemblyAIBackend:
         started = time.monotonic()
         look_now = not fresh  # resumed after a restart: it may have finished meanwhile
         stuck_reported = resubmitted = False
-        duration_s: float | None = None
+        duration_s: float | None = None  # read below when status checks need planning
         finished = tracker.watch(
-            transcript_id, submitted_at, duration_s, duration_pending=audio is not None
+            transcript_id, submitted_at, None, duration_pending=audio is not None
         )
         self._polling += 1
         try:

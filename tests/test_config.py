@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
-from pydantic import BaseModel
 
 from transcribed.cli import cli
 from transcribed.config import DEFAULT_SPEECH_MODELS, Settings, load_settings
@@ -19,12 +19,14 @@ def test_example_config_loads_and_documents_every_key() -> None:
     settings = load_settings(EXAMPLE, {})
     assert settings == Settings()
     text = EXAMPLE.read_text()
-    for name, field in Settings.model_fields.items():
-        section = field.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
+    for top in msgspec.structs.fields(Settings):
+        name, section = top.name, top.type
+        if isinstance(section, type) and issubclass(section, msgspec.Struct):
             assert f"[{name}]" in text
-            for key in section.model_fields:
-                assert re.search(rf"^#? ?{key} = ", text, re.M), f"{name}.{key} undocumented"
+            for key in msgspec.structs.fields(section):
+                assert re.search(rf"^#? ?{key.name} = ", text, re.M), (
+                    f"{name}.{key.name} undocumented"
+                )
         else:
             assert re.search(rf"^(\[{name}\]|#? ?{name} = )", text, re.M), name
 
@@ -75,7 +77,10 @@ def test_auto_backend_follows_the_key() -> None:
 def test_secrets_never_reach_repr_or_dumps() -> None:
     settings = load_settings(None, {"ASSEMBLYAI_API_KEY": "super-secret-key-123"})
     assert "super-secret-key-123" not in repr(settings)
-    assert "super-secret-key-123" not in settings.model_dump_json()
+    assert "super-secret-key-123" not in str(settings.assemblyai.api_key)
+    dumped = msgspec.json.encode(settings, enc_hook=str)
+    assert b"super-secret-key-123" not in dumped
+    assert b'"api_key":"**********"' in dumped
 
 
 def test_transcription_fields_pass_through_with_json_types_and_default_models() -> None:
@@ -117,6 +122,16 @@ def test_lists_from_the_environment_accept_commas_or_json() -> None:
         ({"TRANSCRIBED_ASSEMBLYAI__BASE_URL": "api.assemblyai.com"}, "assemblyai.base_url"),
         ({"TRANSCRIBED_OUTBOX": "inbox/out"}, "must not be inside the inbox"),
         ({"TRANSCRIBED_TRANSCRIPTION__AUDIO_URL": "x"}, "audio_url"),
+        ({"TRANSCRIBED_OUTPUT__FORMATS": "[txt"}, "output.formats"),
+        ({"TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S": "0.5"}, "assemblyai.poll_max_s"),
+        ({"TRANSCRIBED_DAEMON__DEDUPE": "maybe"}, "daemon.dedupe"),
+        (
+            {
+                "TRANSCRIBED_ASSEMBLYAI__WEBHOOK_URL": "http://x/h",
+                "TRANSCRIBED_HTTP__LISTEN": "off",
+            },
+            "assemblyai.webhook_url: needs http.listen",
+        ),
     ],
 )
 def test_invalid_values_give_one_line_naming_the_key(env: dict[str, str], needle: str) -> None:
@@ -125,6 +140,33 @@ def test_invalid_values_give_one_line_naming_the_key(env: dict[str, str], needle
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"assemblyai\.foo: unknown key \(from TRANSCRIBED_"):
+        load_settings(None, {"TRANSCRIBED_ASSEMBLYAI__FOO__BAR": "1"})
+    with pytest.raises(ConfigError, match=r"watch\.settle_s: .* \(from command line\)$"):
+        load_settings(None, {}, {"watch.settle_s": "soon"})
+    config = tmp_path / "t.toml"
+    config.write_text("[http]\nlisten = 8080\n")
+    with pytest.raises(ConfigError, match=r"^invalid configuration: http\.listen: Expected `str`"):
+        load_settings(config, {})
+
+
+def test_text_values_are_read_as_their_types() -> None:
+    env = {
+        "TRANSCRIBED_WATCH__FORCE_POLLING": "true",
+        "TRANSCRIBED_DAEMON__LOG_LEVEL": "DEBUG",
+        "TRANSCRIBED_ASSEMBLYAI__BASE_URL": "http://127.0.0.1:9/",
+        "TRANSCRIBED_ASSEMBLYAI__REQUESTS_PER_S": "12.5",
+        "TRANSCRIBED_OUTPUT__FORMATS": "srt,txt,srt",
+    }
+    settings = load_settings(None, env)
+    assert settings.watch.force_polling is True
+    assert settings.daemon.log_level == "debug"
+    assert settings.assemblyai.base_url == "http://127.0.0.1:9"
+    assert settings.assemblyai.requests_per_s == 12.5
+    assert settings.output.formats == ["srt", "txt"]
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:

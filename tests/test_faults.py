@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from msgspec.structs import replace
 
 from conftest import API_KEY, Folders, eventually, expected_text, make_audio, settings_for
 from transcribed.backends import Job
@@ -165,7 +166,7 @@ async def test_a_stuck_job_is_reported_polled_slowly_and_resubmitted_when_asked(
     path = tmp_path / "a.mp3"
     sha = make_audio(path, seed="stuck")
     settings = settings_for_backend(fake)
-    aai = settings.assemblyai.model_copy(update={"stuck_after_s": 0.3, "resubmit_stuck": True})
+    aai = replace(settings.assemblyai, stuck_after_s=0.3, resubmit_stuck=True)
     backend = AssemblyAIBackend(aai, settings.transcription, ["txt"])
     fake.hold_jobs()
     await backend.start()

@@ -15,11 +15,11 @@ from transcribed.backends.assemblyai_status import (
     SWEEP_MIN_S,
     StatusTracker,
 )
-from transcribed.config import AssemblyAISettings
+from transcribed.config import AssemblyAISettings, Secret
 
 
 def _tracker() -> StatusTracker:
-    settings = AssemblyAISettings(api_key="k", requests_per_s=40.0, poll_max_s=20.0)
+    settings = AssemblyAISettings(api_key=Secret("k"), requests_per_s=40.0, poll_max_s=20.0)
     client: Any = None  # the schedule never calls the API
     return StatusTracker(client, settings)
 

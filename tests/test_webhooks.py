@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import aiohttp
+from msgspec.structs import replace
 
 from conftest import Folders, eventually, expected_text, make_audio, settings_for
 from transcribed.backends.assemblyai import WEBHOOK_HEADER
@@ -86,13 +87,8 @@ async def test_a_lost_notification_is_caught_by_the_safety_net_poll(
     port = _free_port()
     settings = _webhook_settings(folders, fake, port, **{"assemblyai.poll_max_s": 1.0})
     # The service sends to a port nobody listens on: every notification is lost.
-    settings = settings.model_copy(
-        update={
-            "assemblyai": settings.assemblyai.model_copy(
-                update={"webhook_url": f"http://127.0.0.1:{_free_port()}/webhook"}
-            )
-        }
-    )
+    lost = f"http://127.0.0.1:{_free_port()}/webhook"
+    settings = replace(settings, assemblyai=replace(settings.assemblyai, webhook_url=lost))
     assert await Service(settings, once=True).run() == 0
     assert (folders.outbox / "a.txt").read_text() == expected_text(sha) + "\n"
     assert fake.counters.webhook_deliveries == 0

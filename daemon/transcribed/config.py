@@ -4,25 +4,23 @@
 ``TRANSCRIBED_<KEY>`` with nested tables joined by ``__``; the API key also comes from
 ``ASSEMBLYAI_API_KEY`` (or the older ``ASSEMBLYAI_KEY``), from ``[assemblyai] api_key_file``, or
 from a systemd credential named ``assemblyai_api_key``.
+
+The sections are msgspec structs: the merged tree is converted and checked in one call, and
+every check that spans fields runs in ``__post_init__``, so a struct built in code is checked too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, Struct, field
+from msgspec.structs import force_setattr
 
 from transcribed.errors import ConfigError
 
@@ -38,6 +36,174 @@ DEFAULT_PATTERNS = [
 ]  # fmt: skip
 DEFAULT_SPEECH_MODELS = ["universal-3-pro", "universal-2"]
 
+NonNegative = Meta(ge=0)
+Positive = Meta(gt=0)
+
+
+class Secret:
+    """A string that shows itself only to ``get_secret_value()``: never in repr, str or a dump."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _invalid(key: str, message: str) -> ValueError:
+    """A failed check in ``__post_init__``; ``_describe`` appends ``key`` to the reported path."""
+    return ValueError(f"{key}: {message}")
+
+
+class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Immutable, keyword-only, unknown keys rejected. Subclasses repeat ``frozen=True``
+    because type checkers do not inherit it through ``dataclass_transform``."""
+
+
+class WatchSettings(_Section, frozen=True):
+    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    settle_s: Annotated[float, NonNegative] = 2.0
+    rescan_interval_s: Annotated[float, Positive] = 30.0
+    force_polling: bool = False
+    poll_delay_ms: Annotated[int, Meta(ge=50)] = 1000
+
+
+class AssemblyAISettings(_Section, frozen=True):
+    api_key: Secret | None = None
+    api_key_file: Path | None = None
+    base_url: str = "https://api.assemblyai.com"
+    max_concurrent_jobs: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    max_concurrent_uploads: Annotated[int, Meta(ge=1, le=64)] = 4
+    requests_per_s: Annotated[float, Positive] = 40.0
+    request_burst: Annotated[int, Meta(ge=1)] = 1000
+    poll_min_s: Annotated[float, Positive] = 1.0
+    poll_max_s: Annotated[float, Positive] = 20.0
+    retry_max_backoff_s: Annotated[float, Positive] = 60.0
+    connect_timeout_s: Annotated[float, Positive] = 15.0
+    read_timeout_s: Annotated[float, Positive] = 60.0
+    chars_per_caption: Annotated[int, Meta(ge=1)] | None = None
+    stuck_after_s: Annotated[float, Positive] = 3 * 3600.0
+    resubmit_stuck: bool = False
+    webhook_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise _invalid("base_url", "must start with http:// or https://")
+        force_setattr(self, "base_url", self.base_url.rstrip("/"))
+        if self.poll_max_s < self.poll_min_s:
+            raise _invalid("poll_max_s", "must be at least poll_min_s")
+
+
+class LocalSettings(_Section, frozen=True):
+    model: str = "tiny.en"
+    compute_type: str = "int8"
+    beam_size: Annotated[int, Meta(ge=1, le=20)] = 5
+    language: str | None = "en"
+    workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    threads_per_worker: Annotated[int, Meta(ge=1, le=64)] = 1
+    timeout_factor: Annotated[float, Positive] = 4.0
+    min_timeout_s: Annotated[float, Positive] = 120.0
+
+
+class OutputSettings(_Section, frozen=True):
+    formats: list[Literal["txt", "json", "srt", "vtt"]] = field(
+        default_factory=lambda: ["txt", "json"]
+    )
+
+    def __post_init__(self) -> None:
+        if not self.formats:
+            raise _invalid("formats", "needs at least one format")
+        force_setattr(self, "formats", list(dict.fromkeys(self.formats)))
+
+
+_OFF = ("off", "false", "none")
+
+
+class HttpSettings(_Section, frozen=True):
+    listen: str = "127.0.0.1:8765"
+
+    def __post_init__(self) -> None:
+        value = self.listen.strip()
+        if value and value.lower() not in _OFF:
+            _host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise _invalid("listen", "must be HOST:PORT, or empty to turn the endpoint off")
+        force_setattr(self, "listen", value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen) and self.listen.lower() not in _OFF
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only when the user asks
+
+
+class DaemonSettings(_Section, frozen=True):
+    grace_s: Annotated[float, NonNegative] = 10.0
+    dedupe: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+
+
+class Settings(_Section, frozen=True):
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    done: Path = Path("done")
+    failed: Path = Path("failed")
+    state_dir: Path = Path("state")
+    backend: Literal["auto", "assemblyai", "local"] = "auto"
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
+    transcription: dict[str, Any] = field(
+        default_factory=lambda: {"speech_models": list(DEFAULT_SPEECH_MODELS)}
+    )
+    output: OutputSettings = field(default_factory=OutputSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+
+    def __post_init__(self) -> None:
+        if "audio_url" in self.transcription:
+            raise _invalid("transcription.audio_url", "is set by the daemon for each file")
+        force_setattr(
+            self,
+            "transcription",
+            {"speech_models": list(DEFAULT_SPEECH_MODELS), **self.transcription},
+        )
+        inbox = self.inbox.expanduser().absolute()
+        for name in ("outbox", "done", "failed", "state_dir"):
+            other = Path(getattr(self, name)).expanduser().absolute()
+            if other == inbox or inbox in other.parents:
+                raise _invalid(name, f"{other} must not be inside the inbox ({inbox})")
+        if self.assemblyai.webhook_url and not self.http.enabled:
+            raise _invalid(
+                "assemblyai.webhook_url",
+                "needs http.listen: the webhook receiver is served there",
+            )
+
+    def resolved_backend(self) -> Literal["assemblyai", "local"]:
+        """``auto`` means AssemblyAI when a key is configured, otherwise the local engine."""
+        if self.backend == "auto":
+            return "assemblyai" if self.assemblyai.api_key is not None else "local"
+        return self.backend
+
 
 def _split_list(value: Any) -> Any:
     """Environment values arrive as text: accept a JSON list or a comma-separated one."""
@@ -49,158 +215,28 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
-class WatchSettings(_Section):
-    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS))
-    settle_s: float = Field(2.0, ge=0)
-    rescan_interval_s: float = Field(30.0, gt=0)
-    force_polling: bool = False
-    poll_delay_ms: int = Field(1000, ge=50)
-
-    _patterns = field_validator("patterns", mode="before")(_split_list)
-
-
-class AssemblyAISettings(_Section):
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
-    base_url: str = "https://api.assemblyai.com"
-    max_concurrent_jobs: int = Field(200, ge=1, le=10_000)
-    max_concurrent_uploads: int = Field(4, ge=1, le=64)
-    requests_per_s: float = Field(40.0, gt=0)
-    request_burst: int = Field(1000, ge=1)
-    poll_min_s: float = Field(1.0, gt=0)
-    poll_max_s: float = Field(20.0, gt=0)
-    retry_max_backoff_s: float = Field(60.0, gt=0)
-    connect_timeout_s: float = Field(15.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
-    chars_per_caption: int | None = Field(None, ge=1)
-    stuck_after_s: float = Field(3 * 3600.0, gt=0)
-    resubmit_stuck: bool = False
-    webhook_url: str | None = None
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _poll_order(self) -> AssemblyAISettings:
-        if self.poll_max_s < self.poll_min_s:
-            raise ValueError("poll_max_s must be at least poll_min_s")
-        return self
+#: Text forms accepted before the types are checked (from the environment or ``--set``).
+_BEFORE: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("watch", "patterns"): _split_list,
+    ("output", "formats"): _split_list,
+    ("daemon", "log_level"): _lower,
+    ("daemon", "log_format"): _lower,
+    ("daemon", "event_loop"): _lower,
+}
 
 
-class LocalSettings(_Section):
-    model: str = "tiny.en"
-    compute_type: str = "int8"
-    beam_size: int = Field(5, ge=1, le=20)
-    language: str | None = "en"
-    workers: int = Field(2, ge=1, le=64)
-    threads_per_worker: int = Field(1, ge=1, le=64)
-    timeout_factor: float = Field(4.0, gt=0)
-    min_timeout_s: float = Field(120.0, gt=0)
-
-
-class OutputSettings(_Section):
-    formats: list[Literal["txt", "json", "srt", "vtt"]] = Field(default=["txt", "json"])
-
-    _formats = field_validator("formats", mode="before")(_split_list)
-
-    @field_validator("formats")
-    @classmethod
-    def _non_empty(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("needs at least one format")
-        return list(dict.fromkeys(value))
-
-
-class HttpSettings(_Section):
-    listen: str = "127.0.0.1:8765"
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        value = value.strip()
-        if value and value.lower() not in ("off", "false", "none"):
-            _host, sep, port = value.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError("must be HOST:PORT, or empty to turn the endpoint off")
-        return value
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.listen) and self.listen.lower() not in ("off", "false", "none")
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only when the user asks
-
-
-class DaemonSettings(_Section):
-    grace_s: float = Field(10.0, ge=0)
-    dedupe: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-
-    @field_validator("log_level", "log_format", "event_loop", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
-
-
-class Settings(_Section):
-    inbox: Path = Path("inbox")
-    outbox: Path = Path("outbox")
-    done: Path = Path("done")
-    failed: Path = Path("failed")
-    state_dir: Path = Path("state")
-    backend: Literal["auto", "assemblyai", "local"] = "auto"
-    watch: WatchSettings = Field(default_factory=WatchSettings)
-    assemblyai: AssemblyAISettings = Field(default_factory=AssemblyAISettings)
-    transcription: dict[str, Any] = Field(
-        default_factory=lambda: {"speech_models": list(DEFAULT_SPEECH_MODELS)}
-    )
-    output: OutputSettings = Field(default_factory=OutputSettings)
-    local: LocalSettings = Field(default_factory=LocalSettings)
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-
-    @field_validator("transcription")
-    @classmethod
-    def _speech_models(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if "audio_url" in value:
-            raise ValueError("audio_url is set by the daemon for each file")
-        return {"speech_models": list(DEFAULT_SPEECH_MODELS), **value}
-
-    @model_validator(mode="after")
-    def _folders_apart(self) -> Settings:
-        inbox = self.inbox.expanduser().absolute()
-        for name in ("outbox", "done", "failed", "state_dir"):
-            other = Path(getattr(self, name)).expanduser().absolute()
-            if other == inbox or inbox in other.parents:
-                raise ValueError(f"{name} ({other}) must not be inside the inbox ({inbox})")
-        return self
-
-    @model_validator(mode="after")
-    def _webhooks_need_a_receiver(self) -> Settings:
-        if self.assemblyai.webhook_url and not self.http.enabled:
-            raise ValueError(
-                "assemblyai.webhook_url needs http.listen: the webhook receiver is served there"
-            )
-        return self
-
-    def resolved_backend(self) -> Literal["assemblyai", "local"]:
-        """``auto`` means AssemblyAI when a key is configured, otherwise the local engine."""
-        if self.backend == "auto":
-            return "assemblyai" if self.assemblyai.api_key is not None else "local"
-        return self.backend
+def _decode(kind: type, value: Any) -> Any:
+    """msgspec's hook for the two types it does not know: paths and the secret."""
+    if isinstance(value, str):
+        if kind is Path:
+            return Path(value)
+        if kind is Secret:
+            return Secret(value)
+    raise TypeError(f"Expected `str`, got `{type(value).__name__}`")
 
 
 def _parse_env_value(path: tuple[str, ...], raw: str) -> Any:
@@ -234,18 +270,25 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: ValidationError, origins: dict[tuple[str, ...], str]) -> str:
-    first = error.errors()[0]
-    loc = tuple(str(part) for part in first["loc"] if not str(part).startswith("function-"))
-    key = ".".join(loc) or "(top level)"
-    origin = ""
-    for length in range(len(loc), 0, -1):
-        if loc[:length] in origins:
-            origin = f" (from {origins[loc[:length]]})"
-            break
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
+_MESSAGE = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
+_OWN_CHECK = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$")
+
+
+def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str]) -> str:
+    """One line naming the key, from msgspec's ``<message> - at `$.section.key` ``."""
+    match = _MESSAGE.match(str(error).splitlines()[0])
+    message, path = (match["message"], match["path"] or "") if match else (str(error), "")
+    loc = tuple(part for part in re.split(r"\.|(?=\[)", path) if part)
+    if unknown := _UNKNOWN.match(message):
+        loc, message = (*loc, unknown["key"]), "unknown key"
+    elif own := _OWN_CHECK.match(message):
+        loc, message = (*loc, *own["key"].split(".")), own["message"]
+    key = ".".join(loc).replace(".[", "[") or "(top level)"
+    # The most specific source: the key itself, a table holding it, or a key under it.
+    sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins]
+    sources += [name for path, name in origins.items() if loc and path[: len(loc)] == loc]
+    origin = f" (from {sources[0]})" if sources else ""
     return f"invalid configuration: {key}: {message}{origin}"
 
 
@@ -317,9 +360,20 @@ def load_settings(
             section["api_key"] = credential
         tree["assemblyai"] = section
 
+    for (name, key), before in _BEFORE.items():
+        table = tree.get(name)
+        if isinstance(table, dict) and key in table:
+            try:
+                table[key] = before(table[key])
+            except ValueError as exc:
+                where = origins.get((name, key), "the config file")
+                raise ConfigError(
+                    f"invalid configuration: {name}.{key}: {exc} (from {where})"
+                ) from None
+
     try:
-        return Settings.model_validate(tree)
-    except ValidationError as exc:
+        return msgspec.convert(tree, Settings, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
 
 

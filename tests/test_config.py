@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from transcribed.cli import cli
-from transcribed.config import DEFAULT_SPEECH_MODELS, Settings, load_settings
+from transcribed.config import (
+    DEFAULT_SPEECH_MODELS,
+    AssemblyAISettings,
+    Settings,
+    load_settings,
+)
 from transcribed.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "transcribed.toml"
@@ -149,8 +155,52 @@ def test_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
         load_settings(None, {}, {"watch.settle_s": "soon"})
     config = tmp_path / "t.toml"
     config.write_text("[http]\nlisten = 8080\n")
-    with pytest.raises(ConfigError, match=r"^invalid configuration: http\.listen: Expected `str`"):
+    with pytest.raises(ConfigError) as info:
         load_settings(config, {})
+    assert str(info.value) == (
+        f"invalid configuration: http.listen: Expected `str`, got `int` (from {config})"
+    )
+    with pytest.raises(ConfigError, match=r"output\.formats: .* \(from command line\)$"):
+        load_settings(None, {}, {"output": {"formats": "[txt"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("Yes", True), ("on", True), ("1", True), ("off", False), ("NO", False)],
+)
+def test_switches_from_text(text: str, value: bool) -> None:
+    assert load_settings(None, {"TRANSCRIBED_DAEMON__DEDUPE": text}).daemon.dedupe is value
+    assert load_settings(None, {}, {"watch.force_polling": text}).watch.force_polling is value
+
+
+def test_numbers_from_text() -> None:
+    env = {
+        "TRANSCRIBED_WATCH__SETTLE_S": " 2 ",
+        "TRANSCRIBED_WATCH__RESCAN_INTERVAL_S": ".5",
+        "TRANSCRIBED_WATCH__POLL_DELAY_MS": "1_000",
+        "TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": "20.0",
+        "TRANSCRIBED_ASSEMBLYAI__CHARS_PER_CAPTION": "32",
+    }
+    settings = load_settings(None, env)
+    assert (settings.watch.settle_s, settings.watch.rescan_interval_s) == (2.0, 0.5)
+    assert settings.watch.poll_delay_ms == 1000
+    assert settings.assemblyai.max_concurrent_jobs == 20
+    assert settings.assemblyai.chars_per_caption == 32
+
+
+def test_overrides_take_paths_and_stay_as_given(tmp_path: Path) -> None:
+    overrides: dict[str, Any] = {"inbox": tmp_path / "in", "output": {"formats": "txt,srt"}}
+    settings = load_settings(None, {}, overrides)
+    assert settings.inbox == tmp_path / "in"
+    assert settings.output.formats == ["txt", "srt"]
+    assert overrides["output"] == {"formats": "txt,srt"}
+
+
+def test_a_key_given_in_code_as_text_is_still_hidden() -> None:
+    settings = AssemblyAISettings(api_key="k-secret")  # type: ignore[arg-type]
+    assert "k-secret" not in repr(settings)
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "k-secret"
 
 
 def test_text_values_are_read_as_their_types() -> None:

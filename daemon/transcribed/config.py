@@ -5,16 +5,22 @@
 ``ASSEMBLYAI_API_KEY`` (or the older ``ASSEMBLYAI_KEY``), from ``[assemblyai] api_key_file``, or
 from a systemd credential named ``assemblyai_api_key``.
 
-The sections are msgspec structs: the merged tree is converted and checked in one call, and
-every check that spans fields runs in ``__post_init__``, so a struct built in code is checked too.
+The sections are msgspec structs: ``load_settings`` converts and checks the merged tree in one
+call (types, bounds, unknown keys). The checks that span fields run in ``__post_init__``, so they
+also hold for a struct built in code, which is otherwise taken as given.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,11 +76,12 @@ def _invalid(key: str, message: str) -> ValueError:
 
 
 class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Immutable, keyword-only, unknown keys rejected. Subclasses repeat ``frozen=True``
-    because type checkers do not inherit it through ``dataclass_transform``."""
+    """Immutable, keyword-only, unknown keys rejected. Subclasses repeat ``frozen=True`` (type
+    checkers do not inherit it through ``dataclass_transform``) and ``kw_only=True`` (msgspec
+    applies it to the fields of the class that sets it)."""
 
 
-class WatchSettings(_Section, frozen=True):
+class WatchSettings(_Section, frozen=True, kw_only=True):
     patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
     settle_s: Annotated[float, NonNegative] = 2.0
     rescan_interval_s: Annotated[float, Positive] = 30.0
@@ -82,7 +89,7 @@ class WatchSettings(_Section, frozen=True):
     poll_delay_ms: Annotated[int, Meta(ge=50)] = 1000
 
 
-class AssemblyAISettings(_Section, frozen=True):
+class AssemblyAISettings(_Section, frozen=True, kw_only=True):
     api_key: Secret | None = None
     api_key_file: Path | None = None
     base_url: str = "https://api.assemblyai.com"
@@ -101,14 +108,16 @@ class AssemblyAISettings(_Section, frozen=True):
     webhook_url: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):  # built in code with a plain string: keep it hidden
+            force_setattr(self, "api_key", Secret(self.api_key))
         if not self.base_url.startswith(("http://", "https://")):
             raise _invalid("base_url", "must start with http:// or https://")
         force_setattr(self, "base_url", self.base_url.rstrip("/"))
         if self.poll_max_s < self.poll_min_s:
-            raise _invalid("poll_max_s", "must be at least poll_min_s")
+            raise _invalid("poll_max_s", f"must be at least poll_min_s ({self.poll_min_s:g})")
 
 
-class LocalSettings(_Section, frozen=True):
+class LocalSettings(_Section, frozen=True, kw_only=True):
     model: str = "tiny.en"
     compute_type: str = "int8"
     beam_size: Annotated[int, Meta(ge=1, le=20)] = 5
@@ -119,7 +128,7 @@ class LocalSettings(_Section, frozen=True):
     min_timeout_s: Annotated[float, Positive] = 120.0
 
 
-class OutputSettings(_Section, frozen=True):
+class OutputSettings(_Section, frozen=True, kw_only=True):
     formats: list[Literal["txt", "json", "srt", "vtt"]] = field(
         default_factory=lambda: ["txt", "json"]
     )
@@ -133,7 +142,7 @@ class OutputSettings(_Section, frozen=True):
 _OFF = ("off", "false", "none")
 
 
-class HttpSettings(_Section, frozen=True):
+class HttpSettings(_Section, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8765"
 
     def __post_init__(self) -> None:
@@ -154,7 +163,7 @@ class HttpSettings(_Section, frozen=True):
         return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only when the user asks
 
 
-class DaemonSettings(_Section, frozen=True):
+class DaemonSettings(_Section, frozen=True, kw_only=True):
     grace_s: Annotated[float, NonNegative] = 10.0
     dedupe: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -162,7 +171,7 @@ class DaemonSettings(_Section, frozen=True):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
-class Settings(_Section, frozen=True):
+class Settings(_Section, frozen=True, kw_only=True):
     inbox: Path = Path("inbox")
     outbox: Path = Path("outbox")
     done: Path = Path("done")
@@ -219,22 +228,63 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-#: Text forms accepted before the types are checked (from the environment or ``--set``).
-_BEFORE: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("watch", "patterns"): _split_list,
-    ("output", "formats"): _split_list,
-    ("daemon", "log_level"): _lower,
-    ("daemon", "log_format"): _lower,
-    ("daemon", "event_loop"): _lower,
-}
+_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+def _from_text(kind: type, value: Any) -> Any:
+    """A switch or a number written as text (``off``, `` 2 ``, ``.5``, ``1_000``) as its type;
+    anything else is left for the conversion to reject with its usual message."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if kind is bool:
+        word = text.lower()
+        return True if word in _TRUE else False if word in _FALSE else value
+    try:
+        return kind(text)
+    except ValueError:
+        return value
+
+
+def _scalar(kind: Any) -> type | None:
+    """``bool``, ``int`` or ``float`` when a field holds one (maybe constrained or optional)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Annotated:
+        return _scalar(args[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds = [arg for arg in args if arg is not type(None)]
+        return _scalar(kinds[0]) if len(kinds) == 1 else None
+    return kind if kind in (bool, int, float) else None
+
+
+@functools.cache
+def _text_forms() -> dict[tuple[str, str], Callable[[Any], Any]]:
+    """What to do with text, before the types are checked, for each ``(section, key)``: values
+    from the environment or ``--set`` arrive as text."""
+    forms: dict[tuple[str, str], Callable[[Any], Any]] = {
+        ("watch", "patterns"): _split_list,
+        ("output", "formats"): _split_list,
+        ("daemon", "log_level"): _lower,
+        ("daemon", "log_format"): _lower,
+        ("daemon", "event_loop"): _lower,
+    }
+    for section in msgspec.structs.fields(Settings):
+        if isinstance(section.type, type) and issubclass(section.type, Struct):
+            for item in msgspec.structs.fields(section.type):
+                if (kind := _scalar(item.type)) is not None:
+                    forms[(section.name, item.name)] = functools.partial(_from_text, kind)
+    return forms
 
 
 def _decode(kind: type, value: Any) -> Any:
     """msgspec's hook for the two types it does not know: paths and the secret."""
-    if isinstance(value, str):
-        if kind is Path:
-            return Path(value)
-        if kind is Secret:
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value)
+    if kind is Secret:
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
             return Secret(value)
     raise TypeError(f"Expected `str`, got `{type(value).__name__}`")
 
@@ -275,21 +325,33 @@ _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
 _OWN_CHECK = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$")
 
 
+def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def _source(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
+    """`` (from ...)``: where the key was set, or the table holding it, or a key under it."""
+    sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins]
+    sources += [name for path, name in origins.items() if loc and path[: len(loc)] == loc]
+    return f" (from {sources[0]})" if sources else ""
+
+
 def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str]) -> str:
     """One line naming the key, from msgspec's ``<message> - at `$.section.key` ``."""
-    match = _MESSAGE.match(str(error).splitlines()[0])
-    message, path = (match["message"], match["path"] or "") if match else (str(error), "")
+    text = str(error).replace("\n", "\\n")
+    match = _MESSAGE.match(text)
+    message, path = (match["message"], match["path"] or "") if match else (text, "")
     loc = tuple(part for part in re.split(r"\.|(?=\[)", path) if part)
     if unknown := _UNKNOWN.match(message):
         loc, message = (*loc, unknown["key"]), "unknown key"
     elif own := _OWN_CHECK.match(message):
         loc, message = (*loc, *own["key"].split(".")), own["message"]
     key = ".".join(loc).replace(".[", "[") or "(top level)"
-    # The most specific source: the key itself, a table holding it, or a key under it.
-    sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins]
-    sources += [name for path, name in origins.items() if loc and path[: len(loc)] == loc]
-    origin = f" (from {sources[0]})" if sources else ""
-    return f"invalid configuration: {key}: {message}{origin}"
+    return f"invalid configuration: {key}: {message}{_source(loc, origins)}"
 
 
 def _read_secret_file(path: Path) -> str:
@@ -321,6 +383,7 @@ def load_settings(
         try:
             with path.open("rb") as handle:
                 tree = tomllib.load(handle)
+            origins.update(dict.fromkeys(_leaves(tree), str(path)))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
         except OSError as exc:
@@ -347,7 +410,7 @@ def load_settings(
     cli_tree: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         key_path = tuple(dotted.split("."))
-        _set_path(cli_tree, key_path, value)
+        _set_path(cli_tree, key_path, copy.deepcopy(value))  # the caller's tables stay as given
         origins[key_path] = "command line"
     tree = _merge(tree, cli_tree)
 
@@ -360,16 +423,14 @@ def load_settings(
             section["api_key"] = credential
         tree["assemblyai"] = section
 
-    for (name, key), before in _BEFORE.items():
+    for (name, key), before in _text_forms().items():
         table = tree.get(name)
         if isinstance(table, dict) and key in table:
             try:
                 table[key] = before(table[key])
             except ValueError as exc:
-                where = origins.get((name, key), "the config file")
-                raise ConfigError(
-                    f"invalid configuration: {name}.{key}: {exc} (from {where})"
-                ) from None
+                where = _source((name, key), origins)
+                raise ConfigError(f"invalid configuration: {name}.{key}: {exc}{where}") from None
 
     try:
         return msgspec.convert(tree, Settings, strict=False, dec_hook=_decode)

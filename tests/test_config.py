@@ -14,7 +14,9 @@ from transcribed.config import (
     DEFAULT_SPEECH_MODELS,
     AssemblyAISettings,
     Settings,
+    WatchSettings,
     load_settings,
+    parse_set_option,
 )
 from transcribed.errors import ConfigError
 
@@ -160,8 +162,16 @@ def test_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"invalid configuration: http.listen: Expected `str`, got `int` (from {config})"
     )
+    config.write_text('[watch]\nsettle_s = 3\n[output]\nformats = ["txt"]\n')
     with pytest.raises(ConfigError, match=r"output\.formats: .* \(from command line\)$"):
-        load_settings(None, {}, {"output": {"formats": "[txt"}})
+        load_settings(config, {}, {"output": {"formats": "[txt"}})
+    with pytest.raises(ConfigError, match=r"watch\.settle_s: .* \(from command line\)$"):
+        load_settings(config, {}, dict([parse_set_option("watch={settle_s=-1}")]))
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"TRANSCRIBED_WATCH__A\nB": "1"})
+    assert str(info.value) == (
+        "invalid configuration: watch.a\\nb: unknown key (from TRANSCRIBED_WATCH__A\\nB)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -178,14 +188,22 @@ def test_numbers_from_text() -> None:
         "TRANSCRIBED_WATCH__SETTLE_S": " 2 ",
         "TRANSCRIBED_WATCH__RESCAN_INTERVAL_S": ".5",
         "TRANSCRIBED_WATCH__POLL_DELAY_MS": "1_000",
-        "TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": "20.0",
-        "TRANSCRIBED_ASSEMBLYAI__CHARS_PER_CAPTION": "32",
+        "TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": " 1_000.0 ",
+        "TRANSCRIBED_ASSEMBLYAI__CHARS_PER_CAPTION": " 32 ",
     }
     settings = load_settings(None, env)
     assert (settings.watch.settle_s, settings.watch.rescan_interval_s) == (2.0, 0.5)
     assert settings.watch.poll_delay_ms == 1000
-    assert settings.assemblyai.max_concurrent_jobs == 20
+    assert settings.assemblyai.max_concurrent_jobs == 1000
     assert settings.assemblyai.chars_per_caption == 32
+    for bad in ("yes", "true", "20.5", "nan"):
+        with pytest.raises(ConfigError, match=r"assemblyai\.max_concurrent_jobs"):
+            load_settings(None, {"TRANSCRIBED_ASSEMBLYAI__MAX_CONCURRENT_JOBS": bad})
+    for bad in ("nan", "inf", "1e400"):
+        with pytest.raises(ConfigError, match=r"watch\.settle_s"):
+            load_settings(None, {"TRANSCRIBED_WATCH__SETTLE_S": bad})
+    with pytest.raises(ConfigError, match=r"requests_per_s: must be a finite number \(from "):
+        load_settings(None, {}, {"assemblyai.requests_per_s": float("inf")})
 
 
 def test_overrides_take_paths_and_stay_as_given(tmp_path: Path) -> None:
@@ -194,6 +212,11 @@ def test_overrides_take_paths_and_stay_as_given(tmp_path: Path) -> None:
     assert settings.inbox == tmp_path / "in"
     assert settings.output.formats == ["txt", "srt"]
     assert overrides["output"] == {"formats": "txt,srt"}
+
+
+def test_sections_take_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        WatchSettings(["*.mp3"])  # type: ignore[misc]
 
 
 def test_a_key_given_in_code_as_text_is_still_hidden() -> None:

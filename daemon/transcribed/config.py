@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import re
 import tomllib
@@ -240,11 +241,18 @@ def _from_text(kind: type, value: Any) -> Any:
     text = value.strip()
     if kind is bool:
         word = text.lower()
-        return True if word in _TRUE else False if word in _FALSE else value
+        return True if word in _TRUE else False if word in _FALSE else text
     try:
         return kind(text)
     except ValueError:
-        return value
+        pass
+    if kind is int:  # "20.0", "1_000.0": a whole number written as a decimal
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() else text
+    return text
 
 
 def _scalar(kind: Any) -> type | None:
@@ -320,9 +328,9 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_MESSAGE = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
-_OWN_CHECK = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$")
+_MESSAGE = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$", re.S)
+_OWN_CHECK = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$", re.S)
 
 
 def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -331,6 +339,19 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[t
             yield from _leaves(value, (*prefix, key))
         else:
             yield (*prefix, key)
+
+
+def _record(
+    origins: dict[tuple[str, ...], str], key_path: tuple[str, ...], tree: dict[str, Any], name: str
+) -> None:
+    """Note ``name`` as the source of ``key_path``, and of every key in it when it is a table:
+    a table is merged key by key, so each key it sets must outrank the file's entry."""
+    origins[key_path] = name
+    node: Any = tree
+    for part in key_path:
+        node = node[part]
+    if isinstance(node, Mapping):
+        origins.update(dict.fromkeys(((*key_path, *leaf) for leaf in _leaves(node)), name))
 
 
 def _source(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
@@ -342,7 +363,7 @@ def _source(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
 
 def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str]) -> str:
     """One line naming the key, from msgspec's ``<message> - at `$.section.key` ``."""
-    text = str(error).replace("\n", "\\n")
+    text = str(error)
     match = _MESSAGE.match(text)
     message, path = (match["message"], match["path"] or "") if match else (text, "")
     loc = tuple(part for part in re.split(r"\.|(?=\[)", path) if part)
@@ -351,7 +372,8 @@ def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str
     elif own := _OWN_CHECK.match(message):
         loc, message = (*loc, *own["key"].split(".")), own["message"]
     key = ".".join(loc).replace(".[", "[") or "(top level)"
-    return f"invalid configuration: {key}: {message}{_source(loc, origins)}"
+    line = f"invalid configuration: {key}: {message}{_source(loc, origins)}"
+    return line.replace("\n", "\\n")  # a key or value with a newline still makes one line
 
 
 def _read_secret_file(path: Path) -> str:
@@ -399,7 +421,7 @@ def load_settings(
         if not all(key_path):
             raise ConfigError(f"invalid configuration: cannot read variable name {name}")
         _set_path(env_tree, key_path, _parse_env_value(key_path, raw))
-        origins[key_path] = name
+        _record(origins, key_path, env_tree, name)
     key_from_env = next((environ[name] for name in KEY_ENVS if environ.get(name)), None)
     key_env_name = next((name for name in KEY_ENVS if environ.get(name)), None)
     if key_from_env and "api_key" not in env_tree.get("assemblyai", {}):
@@ -411,7 +433,7 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         key_path = tuple(dotted.split("."))
         _set_path(cli_tree, key_path, copy.deepcopy(value))  # the caller's tables stay as given
-        origins[key_path] = "command line"
+        _record(origins, key_path, cli_tree, "command line")
     tree = _merge(tree, cli_tree)
 
     section = tree.get("assemblyai", {})
@@ -433,9 +455,22 @@ def load_settings(
                 raise ConfigError(f"invalid configuration: {name}.{key}: {exc}{where}") from None
 
     try:
-        return msgspec.convert(tree, Settings, strict=False, dec_hook=_decode)
+        settings = msgspec.convert(tree, Settings, strict=False, dec_hook=_decode)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
+    for section in msgspec.structs.fields(Settings):
+        table = getattr(settings, section.name)
+        if isinstance(table, Struct):
+            for item in msgspec.structs.fields(table):
+                value = getattr(table, item.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    # Bounds let infinity through; no interval or rate here means "never".
+                    loc = (section.name, item.name)
+                    where = _source(loc, origins)
+                    raise ConfigError(
+                        f"invalid configuration: {'.'.join(loc)}: must be a finite number{where}"
+                    )
+    return settings
 
 
 def _credential_key(environ: Mapping[str, str]) -> str | None:

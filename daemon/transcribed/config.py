@@ -267,6 +267,18 @@ def _scalar(kind: Any) -> type | None:
 
 
 @functools.cache
+def _scalar_fields() -> tuple[tuple[str, str, type], ...]:
+    """``(section, key, bool | int | float)`` for every switch or number in the sections."""
+    return tuple(
+        (section.name, item.name, kind)
+        for section in msgspec.structs.fields(Settings)
+        if isinstance(section.type, type) and issubclass(section.type, Struct)
+        for item in msgspec.structs.fields(section.type)
+        if (kind := _scalar(item.type)) is not None
+    )
+
+
+@functools.cache
 def _text_forms() -> dict[tuple[str, str], Callable[[Any], Any]]:
     """What to do with text, before the types are checked, for each ``(section, key)``: values
     from the environment or ``--set`` arrive as text."""
@@ -277,11 +289,8 @@ def _text_forms() -> dict[tuple[str, str], Callable[[Any], Any]]:
         ("daemon", "log_format"): _lower,
         ("daemon", "event_loop"): _lower,
     }
-    for section in msgspec.structs.fields(Settings):
-        if isinstance(section.type, type) and issubclass(section.type, Struct):
-            for item in msgspec.structs.fields(section.type):
-                if (kind := _scalar(item.type)) is not None:
-                    forms[(section.name, item.name)] = functools.partial(_from_text, kind)
+    for name, key, kind in _scalar_fields():
+        forms[(name, key)] = functools.partial(_from_text, kind)
     return forms
 
 
@@ -342,16 +351,13 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[t
 
 
 def _record(
-    origins: dict[tuple[str, ...], str], key_path: tuple[str, ...], tree: dict[str, Any], name: str
+    origins: dict[tuple[str, ...], str], key_path: tuple[str, ...], value: Any, name: str
 ) -> None:
-    """Note ``name`` as the source of ``key_path``, and of every key in it when it is a table:
-    a table is merged key by key, so each key it sets must outrank the file's entry."""
+    """Note ``name`` as the source of ``key_path``, and of every key in ``value`` when it is a
+    table: a table is merged key by key, so each key it sets must outrank the file's entry."""
     origins[key_path] = name
-    node: Any = tree
-    for part in key_path:
-        node = node[part]
-    if isinstance(node, Mapping):
-        origins.update(dict.fromkeys(((*key_path, *leaf) for leaf in _leaves(node)), name))
+    if isinstance(value, Mapping):
+        origins.update(dict.fromkeys(((*key_path, *leaf) for leaf in _leaves(value)), name))
 
 
 def _source(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
@@ -420,8 +426,9 @@ def load_settings(
         key_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         if not all(key_path):
             raise ConfigError(f"invalid configuration: cannot read variable name {name}")
-        _set_path(env_tree, key_path, _parse_env_value(key_path, raw))
-        _record(origins, key_path, env_tree, name)
+        value = _parse_env_value(key_path, raw)
+        _set_path(env_tree, key_path, value)
+        _record(origins, key_path, value, name)
     key_from_env = next((environ[name] for name in KEY_ENVS if environ.get(name)), None)
     key_env_name = next((name for name in KEY_ENVS if environ.get(name)), None)
     if key_from_env and "api_key" not in env_tree.get("assemblyai", {}):
@@ -430,10 +437,11 @@ def load_settings(
     tree = _merge(tree, env_tree)
 
     cli_tree: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
+    for dotted, given in (overrides or {}).items():
         key_path = tuple(dotted.split("."))
-        _set_path(cli_tree, key_path, copy.deepcopy(value))  # the caller's tables stay as given
-        _record(origins, key_path, cli_tree, "command line")
+        value = copy.deepcopy(given)  # the caller's tables stay as given
+        _set_path(cli_tree, key_path, value)
+        _record(origins, key_path, value, "command line")
     tree = _merge(tree, cli_tree)
 
     section = tree.get("assemblyai", {})
@@ -458,18 +466,14 @@ def load_settings(
         settings = msgspec.convert(tree, Settings, strict=False, dec_hook=_decode)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
-    for section in msgspec.structs.fields(Settings):
-        table = getattr(settings, section.name)
-        if isinstance(table, Struct):
-            for item in msgspec.structs.fields(table):
-                value = getattr(table, item.name)
-                if isinstance(value, float) and not math.isfinite(value):
-                    # Bounds let infinity through; no interval or rate here means "never".
-                    loc = (section.name, item.name)
-                    where = _source(loc, origins)
-                    raise ConfigError(
-                        f"invalid configuration: {'.'.join(loc)}: must be a finite number{where}"
-                    )
+    for name, key, kind in _scalar_fields():
+        value = getattr(getattr(settings, name), key)
+        if kind is float and not math.isfinite(value):
+            # Bounds let infinity through; no interval or rate here means "never".
+            where = _source((name, key), origins)
+            raise ConfigError(
+                f"invalid configuration: {name}.{key}: must be a finite number{where}"
+            )
     return settings
 
 

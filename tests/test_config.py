@@ -174,6 +174,53 @@ def test_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
     )
 
 
+def test_a_check_between_two_keys_names_where_each_was_set(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(
+        "inbox = '/srv/in'\n[assemblyai]\npoll_min_s = 5\nwebhook_url = 'http://x/h'\n"
+    )
+    cases = [
+        (
+            {"TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S": "2"},
+            {},
+            "assemblyai.poll_max_s: must be at least poll_min_s (5) "
+            f"(from TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S; assemblyai.poll_min_s from {config})",
+        ),
+        (
+            {"TRANSCRIBED_OUTBOX": "/srv/in/out"},
+            {},
+            "outbox: /srv/in/out must not be inside the inbox (/srv/in) "
+            f"(from TRANSCRIBED_OUTBOX; inbox from {config})",
+        ),
+        (
+            {},
+            {"http": {"listen": "off"}},
+            "assemblyai.webhook_url: needs http.listen: the webhook receiver is served there "
+            f"(from {config}; http.listen from command line)",
+        ),
+        (  # the key checked is a default: only the other one was set, and is the one to fix
+            {},
+            {"assemblyai.poll_min_s": 30},
+            "assemblyai.poll_max_s: must be at least poll_min_s (30) "
+            "(assemblyai.poll_min_s from command line)",
+        ),
+        (  # two variables
+            {"TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S": "2", "TRANSCRIBED_ASSEMBLYAI__POLL_MIN_S": "3"},
+            {},
+            "assemblyai.poll_max_s: must be at least poll_min_s (3) "
+            "(from TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S; "
+            "assemblyai.poll_min_s from TRANSCRIBED_ASSEMBLYAI__POLL_MIN_S)",
+        ),
+    ]
+    for env, overrides, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            load_settings(config, env, overrides)
+        assert str(info.value) == f"invalid configuration: {expected}"
+    with pytest.raises(ConfigError) as info:  # both from one place: named once
+        load_settings(config, {}, {"assemblyai.poll_max_s": 1, "assemblyai.poll_min_s": 2})
+    assert str(info.value).endswith("(2) (from command line)")
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [("true", True), ("Yes", True), ("on", True), ("1", True), ("off", False), ("NO", False)],

@@ -71,9 +71,12 @@ class Secret:
         return hash(self._value)
 
 
-def _invalid(key: str, message: str) -> ValueError:
-    """A failed check in ``__post_init__``; ``_describe`` appends ``key`` to the reported path."""
-    return ValueError(f"{key}: {message}")
+def _invalid(key: str, message: str, *related: str) -> ValueError:
+    """A failed check in ``__post_init__``; ``_describe`` appends ``key`` to the reported path.
+
+    ``related`` names the other keys the check compared ``key`` with (relative like ``key``),
+    so that the error says where each of them was set too."""
+    return ValueError(f"{key}: {message}" + "".join(f" <{other}>" for other in related))
 
 
 class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -115,7 +118,9 @@ class AssemblyAISettings(_Section, frozen=True, kw_only=True):
             raise _invalid("base_url", "must start with http:// or https://")
         force_setattr(self, "base_url", self.base_url.rstrip("/"))
         if self.poll_max_s < self.poll_min_s:
-            raise _invalid("poll_max_s", f"must be at least poll_min_s ({self.poll_min_s:g})")
+            raise _invalid(
+                "poll_max_s", f"must be at least poll_min_s ({self.poll_min_s:g})", "poll_min_s"
+            )
 
 
 class LocalSettings(_Section, frozen=True, kw_only=True):
@@ -201,11 +206,12 @@ class Settings(_Section, frozen=True, kw_only=True):
         for name in ("outbox", "done", "failed", "state_dir"):
             other = Path(getattr(self, name)).expanduser().absolute()
             if other == inbox or inbox in other.parents:
-                raise _invalid(name, f"{other} must not be inside the inbox ({inbox})")
+                raise _invalid(name, f"{other} must not be inside the inbox ({inbox})", "inbox")
         if self.assemblyai.webhook_url and not self.http.enabled:
             raise _invalid(
                 "assemblyai.webhook_url",
                 "needs http.listen: the webhook receiver is served there",
+                "http.listen",
             )
 
     def resolved_backend(self) -> Literal["assemblyai", "local"]:
@@ -339,7 +345,9 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 _MESSAGE = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$", re.S)
-_OWN_CHECK = re.compile(r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+)$", re.S)
+_OWN_CHECK = re.compile(
+    r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+?)(?P<related>(?: <[a-z_][a-z0-9_.]*>)*)$", re.S
+)
 
 
 def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -360,11 +368,27 @@ def _record(
         origins.update(dict.fromkeys(((*key_path, *leaf) for leaf in _leaves(value)), name))
 
 
-def _source(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str:
-    """`` (from ...)``: where the key was set, or the table holding it, or a key under it."""
+def _origin(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str | None:
+    """Where the key was set, or the table holding it, or a key under it; None: a default."""
     sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins]
     sources += [name for path, name in origins.items() if loc and path[: len(loc)] == loc]
-    return f" (from {sources[0]})" if sources else ""
+    return sources[0] if sources else None
+
+
+def _source(
+    loc: tuple[str, ...],
+    origins: dict[tuple[str, ...], str],
+    related: tuple[tuple[str, ...], ...] = (),
+) -> str:
+    """`` (from ...)`` for the key, then ``; other.key from ...`` for each key it was checked
+    against that was set somewhere else (one may be the culprit: a default is never named)."""
+    own = _origin(loc, origins)
+    parts = [f"from {own}"] if own else []
+    for other in related:
+        where = _origin(other, origins)
+        if where is not None and where != own:
+            parts.append(f"{'.'.join(other)} from {where}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str]) -> str:
@@ -373,12 +397,16 @@ def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str
     match = _MESSAGE.match(text)
     message, path = (match["message"], match["path"] or "") if match else (text, "")
     loc = tuple(part for part in re.split(r"\.|(?=\[)", path) if part)
+    related: tuple[tuple[str, ...], ...] = ()
     if unknown := _UNKNOWN.match(message):
         loc, message = (*loc, unknown["key"]), "unknown key"
     elif own := _OWN_CHECK.match(message):
-        loc, message = (*loc, *own["key"].split(".")), own["message"]
+        section = loc
+        loc, message = (*section, *own["key"].split(".")), own["message"]
+        others = re.findall(r"<([^>]+)>", own["related"])
+        related = tuple((*section, *other.split(".")) for other in others)
     key = ".".join(loc).replace(".[", "[") or "(top level)"
-    line = f"invalid configuration: {key}: {message}{_source(loc, origins)}"
+    line = f"invalid configuration: {key}: {message}{_source(loc, origins, related)}"
     return line.replace("\n", "\\n")  # a key or value with a newline still makes one line
 
 

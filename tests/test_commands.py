@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
 
 from conftest import API_KEY, Folders, expected_text, make_audio, overrides_for, settings_for
-from transcribed.cli import cli
+from transcribed.cli import cli, use_io_threads
 from transcribed.service import Service
 from transcribed.testing import FakeAssemblyAI
 
@@ -72,3 +74,23 @@ def test_retry_of_a_named_file_that_is_not_there_says_so(
     args = ["retry", "--set", f'failed="{folders.failed}"', "--set", f'inbox="{folders.inbox}"']
     assert cli([*args, "nothing.mp3"], environ={}) == 1
     assert "1 not found" in capsys.readouterr().out
+
+
+def test_blocking_file_work_runs_on_the_configured_threads() -> None:
+    release = threading.Event()
+
+    def pool_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("transcribed-io")]
+
+    async def main() -> list[str]:
+        use_io_threads(2)
+        loop = asyncio.get_running_loop()
+        # A pool starts a thread per call while none is idle (these never are, until released),
+        # at the call itself: so after eight calls, the threads there are all it will have.
+        calls = [loop.run_in_executor(None, release.wait, 10) for _ in range(8)]
+        started = pool_threads()
+        release.set()
+        await asyncio.gather(*calls)
+        return started
+
+    assert len(asyncio.run(main())) == 2

@@ -133,6 +133,7 @@ def test_lists_from_the_environment_accept_commas_or_json() -> None:
         ({"TRANSCRIBED_OUTPUT__FORMATS": "[txt"}, "output.formats"),
         ({"TRANSCRIBED_ASSEMBLYAI__POLL_MAX_S": "0.5"}, "assemblyai.poll_max_s"),
         ({"TRANSCRIBED_DAEMON__DEDUPE": "maybe"}, "daemon.dedupe"),
+        ({"TRANSCRIBED_DAEMON__IO_THREADS": "0"}, "daemon.io_threads"),
         (
             {
                 "TRANSCRIBED_ASSEMBLYAI__WEBHOOK_URL": "http://x/h",

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,23 @@ def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
     progress = once and sys.stdout.isatty()
 
     async def main() -> int:
+        use_io_threads(settings.daemon.io_threads)
         return await Service(settings, once=once, notifier=notifier, progress=progress).run()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
+
+
+def use_io_threads(count: int) -> None:
+    """Give the running loop a pool of ``count`` threads for ``asyncio.to_thread`` and friends.
+
+    They take the blocking file work off the event loop: hashing, writing transcripts, moving
+    sources, fsyncs. That work waits on the disk, whose journal commits fsyncs a group at a
+    time, so beyond a few threads more only add wake-ups and handovers of the interpreter lock
+    with the loop's thread (Python's default is cores + 4; see ``daemon.io_threads``)."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(count, thread_name_prefix="transcribed-io")
+    )
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

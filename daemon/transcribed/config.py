@@ -175,6 +175,7 @@ class DaemonSettings(_Section, frozen=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    io_threads: Annotated[int, Meta(ge=1, le=64)] = 3
 
 
 class Settings(_Section, frozen=True, kw_only=True):

@@ -127,8 +127,9 @@ def use_io_threads(count: int) -> None:
 
     They take the blocking file work off the event loop: hashing, writing transcripts, moving
     sources, fsyncs. That work waits on the disk, whose journal commits fsyncs a group at a
-    time, so beyond a few threads more only add wake-ups and handovers of the interpreter lock
-    with the loop's thread (Python's default is cores + 4; see ``daemon.io_threads``)."""
+    time, so beyond a few threads more only add wake-ups that contend with the loop's thread
+    for the cores and the interpreter lock (Python's default is cores + 4; see
+    ``daemon.io_threads``)."""
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(count, thread_name_prefix="transcribed-io")
     )

@@ -7,6 +7,7 @@ import errno
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -175,6 +176,22 @@ async def test_callers_of_durable_share_the_next_fsync(tmp_path: Path) -> None:
         journal.release.set()
         await asyncio.wait_for(asyncio.gather(first, *rest), 10)
         assert journal.syncs == 2
+
+
+async def test_durable_does_not_wait_behind_the_shared_thread_pool(tmp_path: Path) -> None:
+    # Every thread of the loop's pool busy with long file work (here: one thread, blocked).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+    release = threading.Event()
+    busy = asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+    try:
+        with Journal(tmp_path) as journal:
+            job = journal.discover("a.mp3", 10, 1)
+            assert job is not None
+            journal.update(job, submit_started_at=1.0)
+            await asyncio.wait_for(journal.durable(), 10)  # a submit must not wait for it
+    finally:
+        release.set()
+        await busy
 
 
 async def test_a_failing_fsync_is_a_local_io_error_for_every_waiter(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 
 
@@ -25,8 +26,10 @@ def fsync_path(path: Path) -> None:
 
 
 class GroupSync:
-    def __init__(self, flush: Callable[[], None]) -> None:
+    def __init__(self, flush: Callable[[], None], executor: Executor | None = None) -> None:
+        """``executor``: where the flush runs; the loop's default pool when None."""
         self._flush = flush
+        self._executor = executor
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
 
@@ -49,7 +52,7 @@ class GroupSync:
         if not batch:
             return
         try:
-            done = asyncio.get_running_loop().run_in_executor(None, self._flush)
+            done = asyncio.get_running_loop().run_in_executor(self._executor, self._flush)
         except BaseException as exc:  # noqa: BLE001 - no thread (limits, shutdown): tell them all
             _settle(batch, exc)
             return

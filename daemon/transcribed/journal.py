@@ -23,6 +23,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._depth = 0
+        self._sync_thread: ThreadPoolExecutor | None = None
         self._syncs = GroupSync(self.sync)
         self._wal_named = False
 
@@ -140,6 +142,11 @@ class Journal:
             self._db = self._connect(uri, uri=True)
             return self
         self._take_lock()
+        # The fsync every submit waits for gets a thread of its own: in the shared pool it could
+        # queue behind a few long calls (hashing a large file, copying a source to another
+        # filesystem, walking a big inbox), and every submit with it.
+        self._sync_thread = ThreadPoolExecutor(1, thread_name_prefix="transcribed-journal")
+        self._syncs = GroupSync(self.sync, self._sync_thread)
         try:
             self._db = self._connect(str(self.path))
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -189,6 +196,9 @@ class Journal:
         self._lock_fd = fd
 
     def close(self) -> None:
+        if self._sync_thread is not None:
+            self._sync_thread.shutdown()  # after the last durable(): no fsync is left running
+            self._sync_thread = None
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -71,12 +71,23 @@ class Secret:
         return hash(self._value)
 
 
+class _CheckFailed(ValueError):
+    """A failed check in ``__post_init__``: msgspec reports it with the path of the section it
+    ran in (the error keeps this one as ``__cause__``), and ``_describe`` adds ``key``."""
+
+    def __init__(self, key: str, message: str, related: tuple[str, ...]) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+        self.related = related
+
+
 def _invalid(key: str, message: str, *related: str) -> ValueError:
-    """A failed check in ``__post_init__``; ``_describe`` appends ``key`` to the reported path.
+    """The error for a failed check on ``key`` (relative to the section that checks it).
 
     ``related`` names the other keys the check compared ``key`` with (relative like ``key``),
     so that the error says where each of them was set too."""
-    return ValueError(f"{key}: {message}" + "".join(f" <{other}>" for other in related))
+    return _CheckFailed(key, message, related)
 
 
 class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -346,9 +357,6 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 _MESSAGE = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$", re.S)
-_OWN_CHECK = re.compile(
-    r"^(?P<key>[a-z_][a-z0-9_.]*): (?P<message>.+?)(?P<related>(?: <[a-z_][a-z0-9_.]*>)*)$", re.S
-)
 
 
 def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -401,11 +409,10 @@ def _describe(error: msgspec.ValidationError, origins: dict[tuple[str, ...], str
     related: tuple[tuple[str, ...], ...] = ()
     if unknown := _UNKNOWN.match(message):
         loc, message = (*loc, unknown["key"]), "unknown key"
-    elif own := _OWN_CHECK.match(message):
+    elif isinstance(check := error.__cause__, _CheckFailed):
         section = loc
-        loc, message = (*section, *own["key"].split(".")), own["message"]
-        others = re.findall(r"<([^>]+)>", own["related"])
-        related = tuple((*section, *other.split(".")) for other in others)
+        loc, message = (*section, *check.key.split(".")), check.message
+        related = tuple((*section, *other.split(".")) for other in check.related)
     key = ".".join(loc).replace(".[", "[") or "(top level)"
     line = f"invalid configuration: {key}: {message}{_source(loc, origins, related)}"
     return line.replace("\n", "\\n")  # a key or value with a newline still makes one line

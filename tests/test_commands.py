@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from conftest import API_KEY, Folders, expected_text, make_audio, overrides_for, settings_for
+from transcribed import cli as cli_module
 from transcribed.cli import cli, use_io_threads
 from transcribed.service import Service
 from transcribed.testing import FakeAssemblyAI
@@ -76,21 +77,36 @@ def test_retry_of_a_named_file_that_is_not_there_says_so(
     assert "1 not found" in capsys.readouterr().out
 
 
-def test_blocking_file_work_runs_on_the_configured_threads() -> None:
+async def _threads_a_busy_pool_starts() -> list[str]:
+    """Names of the threads the loop's default pool starts for eight calls that all block.
+
+    A pool starts a thread per call while none is idle (these never are, until released), at
+    the call itself: so after eight calls, the threads there are all it will have."""
     release = threading.Event()
+    loop = asyncio.get_running_loop()
+    calls = [loop.run_in_executor(None, release.wait, 10) for _ in range(8)]
+    names = [t.name for t in threading.enumerate() if t.name.startswith("transcribed-io")]
+    release.set()
+    await asyncio.gather(*calls)
+    return names
 
-    def pool_threads() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name.startswith("transcribed-io")]
 
+def test_blocking_file_work_runs_on_the_configured_threads() -> None:
     async def main() -> list[str]:
         use_io_threads(2)
-        loop = asyncio.get_running_loop()
-        # A pool starts a thread per call while none is idle (these never are, until released),
-        # at the call itself: so after eight calls, the threads there are all it will have.
-        calls = [loop.run_in_executor(None, release.wait, 10) for _ in range(8)]
-        started = pool_threads()
-        release.set()
-        await asyncio.gather(*calls)
-        return started
+        return await _threads_a_busy_pool_starts()
 
     assert len(asyncio.run(main())) == 2
+
+
+def test_run_gives_its_loop_the_configured_io_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    async def run(_self: Service) -> int:
+        seen.extend(await _threads_a_busy_pool_starts())
+        return 0
+
+    monkeypatch.setattr(Service, "run", run)
+    monkeypatch.setattr(cli_module, "configure_logging", lambda *_args: None)
+    assert cli(["run", "--once", "--set", "daemon.io_threads=3"], {}) == 0
+    assert len(seen) == 3

@@ -9,8 +9,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +362,18 @@ async def test_event_loop_stays_responsive_during_a_batch(backend: LocalBackend)
         await probe
     assert all(r.text for r in results)
     assert worst_lag < 0.2, f"the event loop stalled for {worst_lag:.3f}s"
+
+
+async def test_stopping_the_workers_does_not_wait_behind_the_shared_thread_pool() -> None:
+    started = await make_backend(("txt",))
+    # Every thread of the loop's pool busy with file work the daemon cannot cancel.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    release = threading.Event()
+    busy = loop.run_in_executor(None, release.wait, 60)
+    try:
+        await asyncio.wait_for(started.close(), 30)
+        assert all(pid is None for pid in started.worker_pids)
+    finally:
+        release.set()
+        await busy

@@ -116,7 +116,9 @@ class LocalBackend:
             str(path), self.settings.compute_type, self.settings.threads_per_worker
         )
         count = self.settings.workers
-        self._threads = ThreadPoolExecutor(count, thread_name_prefix="transcribed-local")
+        # A reader per worker, and room to wait for each worker's exit: in the daemon's shared
+        # pool (daemon.io_threads) those waits would queue behind file work still running.
+        self._threads = ThreadPoolExecutor(2 * count, thread_name_prefix="transcribed-local")
         self._workers = [None] * count
         self._idle = asyncio.Queue()
         began = time.perf_counter()
@@ -308,10 +310,10 @@ class LocalBackend:
         process = worker.process
         loop = asyncio.get_running_loop()
         if polite:
-            await loop.run_in_executor(None, process.join, STOP_TIMEOUT_S)
+            await loop.run_in_executor(self._threads, process.join, STOP_TIMEOUT_S)
         if process.is_alive():
             process.kill()
-        await loop.run_in_executor(None, process.join, STOP_TIMEOUT_S)
+        await loop.run_in_executor(self._threads, process.join, STOP_TIMEOUT_S)
         if worker.pending is not None:
             # The worker is dead, so the blocked recv returns (EOF) and the thread is free.
             with contextlib.suppress(BaseException):

@@ -194,6 +194,16 @@ async def test_durable_does_not_wait_behind_the_shared_thread_pool(tmp_path: Pat
         await busy
 
 
+async def test_durable_needs_a_journal_open_for_writing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    with journal:
+        await journal.durable()
+    with pytest.raises(RuntimeError, match="open for writing"):
+        await journal.durable()
+    with Journal(tmp_path, readonly=True) as readonly, pytest.raises(RuntimeError):
+        await readonly.durable()
+
+
 async def test_a_failing_fsync_is_a_local_io_error_for_every_waiter(tmp_path: Path) -> None:
     error = OSError(errno.EIO, "Input/output error")
     with _HeldSync(tmp_path, error) as journal:

@@ -366,6 +366,8 @@ async def test_event_loop_stays_responsive_during_a_batch(backend: LocalBackend)
 
 async def test_stopping_the_workers_does_not_wait_behind_the_shared_thread_pool() -> None:
     started = await make_backend(("txt",))
+    pids = [pid for pid in started.worker_pids if pid is not None]
+    assert pids
     # Every thread of the loop's pool busy with file work the daemon cannot cancel.
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(1))
@@ -373,7 +375,9 @@ async def test_stopping_the_workers_does_not_wait_behind_the_shared_thread_pool(
     busy = loop.run_in_executor(None, release.wait, 60)
     try:
         await asyncio.wait_for(started.close(), 30)
-        assert all(pid is None for pid in started.worker_pids)
+        for pid in pids:  # exited, and reaped by the join
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
     finally:
         release.set()
         await busy

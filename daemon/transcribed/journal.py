@@ -142,6 +142,7 @@ class Journal:
             self._db = self._connect(uri, uri=True)
             return self
         self._take_lock()
+        self._wal_named = False  # a new WAL file each time: its name must be made durable again
         # The fsync every submit waits for gets a thread of its own: in the shared pool it could
         # queue behind a few long calls (hashing a large file, copying a source to another
         # filesystem, walking a big inbox), and every submit with it.
@@ -275,6 +276,8 @@ class Journal:
         """
         if self._depth:
             raise RuntimeError("durable() inside a transaction: nothing of it is committed yet")
+        if self._db is None or self._readonly:
+            raise RuntimeError("durable() needs a journal open for writing")
         try:
             await self._syncs.wait()
         except OSError as exc:

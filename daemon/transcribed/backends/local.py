@@ -177,6 +177,7 @@ class LocalBackend:
             if worker is None or not worker.process.is_alive():
                 if worker is not None:
                     await self._stop(worker, polite=False)
+                    self._raise_if_closed()  # closed meanwhile: start no worker after close()
                 worker = await self._replace(slot)
             payload = await self._run(worker, job)
         finally:

@@ -129,8 +129,9 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._depth = 0
+        # Both set while the journal is open for writing: durable() needs them.
         self._sync_thread: ThreadPoolExecutor | None = None
-        self._syncs = GroupSync(self.sync)
+        self._syncs: GroupSync | None = None
         self._wal_named = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class Journal:
     def close(self) -> None:
         if self._sync_thread is not None:
             self._sync_thread.shutdown()  # after the last durable(): no fsync is left running
-            self._sync_thread = None
+            self._sync_thread = self._syncs = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -276,7 +277,7 @@ class Journal:
         """
         if self._depth:
             raise RuntimeError("durable() inside a transaction: nothing of it is committed yet")
-        if self._db is None or self._readonly:
+        if self._syncs is None:
             raise RuntimeError("durable() needs a journal open for writing")
         try:
             await self._syncs.wait()

@@ -34,8 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from transcribed.testing.config_file import write_toml
-from transcribed.testing.counters import burst_beyond
+from fakeapi.config_file import write_toml
+from fakeapi.counters import burst_beyond
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

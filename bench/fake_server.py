@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from transcribed.testing import FakeAssemblyAI, FakeConfig
+from fakeapi import FakeAssemblyAI, FakeConfig
 
 
 @dataclass(slots=True)

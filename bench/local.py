@@ -26,7 +26,7 @@ from bench.common import (
     start_daemon,
     verdict,
 )
-from transcribed.testing.config_file import write_toml
+from fakeapi.config_file import write_toml
 
 NAME = "local"
 SHARE = 0.90

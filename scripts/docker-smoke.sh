@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Docker smoke test: build the image, then run it twice with a temporary /data bind mount.
-#   1. with an API key, against the fake AssemblyAI API (run from the same image) on loopback;
+#   1. with an API key, against the fake AssemblyAI API (tests/fakeapi, run on the host) on loopback;
 #   2. with no key, so the embedded engine transcribes a bundled sample.
 # Each run must transcribe a dropped file, report healthy, run as a non-root user, and stop on
 # `docker stop` with exit code 0 within the daemon's grace period.
@@ -31,8 +31,10 @@ fail() { printf 'docker-smoke: FAILED: %s\n' "$*" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 containers=()
+fake_pid=
 cleanup() {
   local code=$?
+  if [[ -n $fake_pid ]]; then kill "$fake_pid" 2>/dev/null || true; wait "$fake_pid" 2>/dev/null || true; fi
   if ((code != 0)); then
     for name in ${containers[@]+"${containers[@]}"}; do
       printf '\n-- last log lines of %s\n' "$name" >&2
@@ -123,6 +125,14 @@ build --target cloud -t "$IMAGE-cloud"
 # what became untagged here, or a machine that runs this often fills its disk (a gigabyte a run).
 comm -13 <(echo "$dangling_before") <(docker images -q --no-trunc --filter dangling=true | sort) |
   xargs -r docker rmi >/dev/null 2>&1 || true
+# The fake API server is test support: neither image may carry it.
+for image in "$IMAGE" "$IMAGE-cloud"; do
+  if docker run --rm --network host --entrypoint /opt/transcribed/bin/python "$image" -c \
+      'import importlib.util as u, sys; sys.exit(0 if u.find_spec("fakeapi") or u.find_spec("transcribed.testing") else 1)'; then
+    fail "$image contains the fake API server"
+  fi
+done
+echo "   neither image contains the fake API server"
 size_of() { docker image inspect -f '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1e6 }'; }
 echo "   $IMAGE: $(size_of "$IMAGE"), $IMAGE-cloud: $(size_of "$IMAGE-cloud")"
 
@@ -142,14 +152,14 @@ fi
 
 # -- 1. cloud: the fake API, a key, a file ------------------------------------------------------
 say "cloud: AssemblyAI backend against the fake API"
-fake="$RUN_ID-fake"
-containers+=("$fake")
-docker run -d --name "$fake" --network host --entrypoint /opt/transcribed/bin/python "$IMAGE-cloud" \
-  -m transcribed.testing --host 127.0.0.1 --port 0 --api-key "$API_KEY" --latency-s 1 >/dev/null
+# The fake is test support, not in the image: it runs from the checkout, beside the container.
+python=${PYTHON:-.venv/bin/python}
+[[ -x $python ]] || python=python3
+PYTHONPATH=tests "$python" -m fakeapi --host 127.0.0.1 --port 0 --api-key "$API_KEY" \
+  --latency-s 1 >"$tmp/fake.log" 2>&1 &
+fake_pid=$!
 fake_url() {
-  local text
-  text=$(docker logs "$fake" 2>/dev/null)
-  grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' <<<"$text"
+  grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$tmp/fake.log"
 }
 wait_for 30 "fake API listening" fake_url
 base_url=$(fake_url)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from fakeapi import FakeAssemblyAI, FakeConfig, fake_text_for
+from fakeapi.config_file import write_toml
 from transcribed.config import Settings, load_settings
-from transcribed.testing import FakeAssemblyAI, FakeConfig, fake_text_for
-from transcribed.testing.config_file import write_toml
 
 API_KEY = "test-key-0123456789"
 

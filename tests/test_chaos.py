@@ -13,7 +13,7 @@ import signal
 import sqlite3
 
 from conftest import API_KEY, Daemon, Folders, eventually, expected_text, make_audio, write_config
-from transcribed.testing import FAULT_KINDS, FakeAssemblyAI, FakeConfig, FaultConfig
+from fakeapi import FAULT_KINDS, FakeAssemblyAI, FakeConfig, FaultConfig
 
 
 def _snapshot(folders: Folders) -> tuple[set[str], int]:

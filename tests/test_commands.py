@@ -9,10 +9,10 @@ import threading
 import pytest
 
 from conftest import API_KEY, Folders, expected_text, make_audio, overrides_for, settings_for
+from fakeapi import FakeAssemblyAI
 from transcribed import cli as cli_module
 from transcribed.cli import cli, use_io_threads
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI
 
 
 def _args(folders: Folders, fake: FakeAssemblyAI) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import Daemon, Folders, eventually, expected_text, make_audio, write_config
-from transcribed.testing import FakeAssemblyAI
+from fakeapi import FakeAssemblyAI
 
 
 def _outputs_done(folders: Folders, n: int) -> bool:

@@ -19,7 +19,7 @@ import srt
 import webvtt
 from aiohttp import web
 
-from transcribed.testing import (
+from fakeapi import (
     CDN_UPLOAD_PREFIX,
     DROPPED,
     ROUTE_LIST,
@@ -714,9 +714,10 @@ async def test_stop_cancels_running_jobs_and_frees_the_port() -> None:
 
 def test_module_runs_standalone_until_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "transcribed.testing", "--port", "0", "--api-key", "k1"],
+        [sys.executable, "-m", "fakeapi", "--port", "0", "--api-key", "k1"],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=Path(__file__).parent,  # the fake is a test-support package beside the tests
     )
     try:
         assert process.stdout is not None

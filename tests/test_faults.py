@@ -12,18 +12,18 @@ import structlog
 from msgspec.structs import replace
 
 from conftest import API_KEY, Folders, eventually, expected_text, make_audio, settings_for
-from transcribed.backends import Job
-from transcribed.backends.assemblyai import AssemblyAIBackend
-from transcribed.backends.assemblyai_api import AssemblyAIClient
-from transcribed.config import Settings, load_settings
-from transcribed.service import Service
-from transcribed.testing import (
+from fakeapi import (
     ROUTE_LIST,
     ROUTE_SUBMIT,
     FakeAssemblyAI,
     FakeConfig,
     FaultConfig,
 )
+from transcribed.backends import Job
+from transcribed.backends.assemblyai import AssemblyAIBackend
+from transcribed.backends.assemblyai_api import AssemblyAIClient
+from transcribed.config import Settings, load_settings
+from transcribed.service import Service
 
 
 class _Checkpoints:

@@ -12,10 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Folders, eventually, make_audio, settings_for
+from fakeapi import ROUTE_POLL, FakeAssemblyAI, audio_duration_for
 from transcribed.http import HttpServer
 from transcribed.metrics import Metrics
 from transcribed.service import EXIT_CONFIG, Service
-from transcribed.testing import ROUTE_POLL, FakeAssemblyAI, audio_duration_for
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from conftest import API_KEY, Folders, make_audio, settings_for
+from fakeapi import FakeAssemblyAI, FakeConfig
 from transcribed import service as service_module
 from transcribed.errors import LocalIOError
 from transcribed.journal import Journal, JournalError
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI, FakeConfig
 
 
 def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:

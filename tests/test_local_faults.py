@@ -28,8 +28,8 @@ from conftest import (
     settings_for,
     write_config,
 )
+from fakeapi import FakeAssemblyAI
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI
 
 
 def _mount(*args: str) -> None:

@@ -22,11 +22,11 @@ from conftest import (
     settings_for,
     write_config,
 )
+from fakeapi import FakeAssemblyAI
+from fakeapi.handlers import ROUTE_UPLOAD
 from transcribed.backends import assemblyai, assemblyai_api
 from transcribed.backends.assemblyai_status import StatusTracker
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI
-from transcribed.testing.handlers import ROUTE_UPLOAD
 
 
 async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(

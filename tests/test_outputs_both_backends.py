@@ -12,8 +12,8 @@ import srt
 import webvtt
 
 from conftest import Folders, make_audio, settings_for
+from fakeapi import FakeAssemblyAI
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import Folders, clean_env, daemon_command, make_audio, run_cli, write_config
+from fakeapi import FakeAssemblyAI
 from transcribed.progress import Counts, ProgressDisplay, describe
-from transcribed.testing import FakeAssemblyAI
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, Folders, clean_env, make_audio, write_config
+from fakeapi import FakeAssemblyAI
 from transcribed.config import DaemonSettings
 from transcribed.systemd import Notifier, watchdog_interval_s
-from transcribed.testing import FakeAssemblyAI
 
 UNIT = Path(__file__).resolve().parents[1] / "config" / "transcribed.service"
 Message = dict[str, str]

@@ -9,9 +9,9 @@ import aiohttp
 from msgspec.structs import replace
 
 from conftest import Folders, eventually, expected_text, make_audio, settings_for
+from fakeapi import FakeAssemblyAI
 from transcribed.backends.assemblyai import WEBHOOK_HEADER
 from transcribed.service import Service
-from transcribed.testing import FakeAssemblyAI
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """Run the fake AssemblyAI API standalone until SIGTERM or SIGINT.
 
-    python -m transcribed.testing --port 8089 --api-key KEY --latency-s 2 --concurrency 5
+    python -m fakeapi --port 8089 --api-key KEY --latency-s 2 --concurrency 5
 
 Prints one line, the base URL, once it listens.
 """
@@ -13,12 +13,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from transcribed.testing.fake_api import FakeAssemblyAI, FakeConfig
-from transcribed.testing.faults import FAULT_KINDS, FaultConfig
+from fakeapi.fake_api import FakeAssemblyAI, FakeConfig
+from fakeapi.faults import FAULT_KINDS, FaultConfig
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m transcribed.testing", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fakeapi", description=__doc__)
     add = parser.add_argument
     add("--host", default="127.0.0.1")
     add("--port", type=int, default=0, help="0 picks a free port")

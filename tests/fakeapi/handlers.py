@@ -12,12 +12,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from transcribed.testing.captions import render_srt, render_vtt
-from transcribed.testing.content import paragraphs_of, sentences_of
+from fakeapi.captions import render_srt, render_vtt
+from fakeapi.content import paragraphs_of, sentences_of
 
 if TYPE_CHECKING:
-    from transcribed.testing.fake_api import FakeAssemblyAI
-    from transcribed.testing.records import TranscriptRecord
+    from fakeapi.fake_api import FakeAssemblyAI
+    from fakeapi.records import TranscriptRecord
 
 ROUTE_UPLOAD = "POST /v2/upload"
 ROUTE_SUBMIT = "POST /v2/transcript"

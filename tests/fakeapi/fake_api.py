@@ -26,8 +26,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from transcribed.testing import faults
-from transcribed.testing.content import (
+from fakeapi import faults
+from fakeapi.content import (
     MIN_AUDIO_MS,
     SNIFF_BYTES,
     audio_ms_for,
@@ -35,11 +35,11 @@ from transcribed.testing.content import (
     looks_like_audio,
     transcribe,
 )
-from transcribed.testing.counters import DROPPED, FakeCounters
-from transcribed.testing.faults import FaultConfig, FaultInjector
-from transcribed.testing.handlers import Routes, error_response
-from transcribed.testing.records import CDN_UPLOAD_PREFIX, TranscriptRecord, UploadRecord, utc_now
-from transcribed.testing.schema import ParamsError, validate_params
+from fakeapi.counters import DROPPED, FakeCounters
+from fakeapi.faults import FaultConfig, FaultInjector
+from fakeapi.handlers import Routes, error_response
+from fakeapi.records import CDN_UPLOAD_PREFIX, TranscriptRecord, UploadRecord, utc_now
+from fakeapi.schema import ParamsError, validate_params
 
 log = logging.getLogger(__name__)
 

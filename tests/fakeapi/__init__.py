@@ -1,16 +1,16 @@
 """A fake AssemblyAI v2 API server over real HTTP, for tests and benchmarks."""
 
-from transcribed.testing.content import (
+from fakeapi.content import (
     BYTES_PER_SECOND,
     audio_duration_for,
     describe_file_type,
     fake_text_for,
     looks_like_audio,
 )
-from transcribed.testing.counters import DROPPED, FakeCounters
-from transcribed.testing.fake_api import FakeAssemblyAI, FakeConfig
-from transcribed.testing.faults import FAULT_KINDS, FaultConfig
-from transcribed.testing.handlers import (
+from fakeapi.counters import DROPPED, FakeCounters
+from fakeapi.fake_api import FakeAssemblyAI, FakeConfig
+from fakeapi.faults import FAULT_KINDS, FaultConfig
+from fakeapi.handlers import (
     ROUTE_DELETE,
     ROUTE_LIST,
     ROUTE_PARAGRAPHS,
@@ -21,7 +21,7 @@ from transcribed.testing.handlers import (
     ROUTE_UPLOAD,
     ROUTE_VTT,
 )
-from transcribed.testing.records import CDN_UPLOAD_PREFIX, TranscriptRecord, UploadRecord
+from fakeapi.records import CDN_UPLOAD_PREFIX, TranscriptRecord, UploadRecord
 
 __all__ = [
     "BYTES_PER_SECOND",

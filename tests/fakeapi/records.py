@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from transcribed.testing.content import FakeResult, utterances_of
-from transcribed.testing.schema import BOOLEAN_DEFAULTS, NOT_ECHOED
+from fakeapi.content import FakeResult, utterances_of
+from fakeapi.schema import BOOLEAN_DEFAULTS, NOT_ECHOED
 
 CDN_UPLOAD_PREFIX = "https://cdn.assemblyai.com/upload/"
 DELETED_AUDIO_URL = "http://deleted_by_user"

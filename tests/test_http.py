@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Folders, eventually, make_audio, settings_for
 from fakeapi import ROUTE_POLL, FakeAssemblyAI, audio_duration_for
+from transcribed.errors import ExitCode
 from transcribed.http import HttpServer
 from transcribed.metrics import Metrics
-from transcribed.service import EXIT_CONFIG, Service
+from transcribed.service import Service
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -71,7 +72,7 @@ async def test_a_busy_listen_address_is_a_config_error_exit_2(folders: Folders) 
         settings = settings_for(
             folders, None, **{"backend": "local", "http.listen": f"127.0.0.1:{port}"}
         )
-        assert await Service(settings).run() == EXIT_CONFIG
+        assert await Service(settings).run() == ExitCode.CONFIG
 
 
 async def test_metrics_move_as_files_flow_through_the_daemon(

@@ -16,11 +16,11 @@ from typing import Any
 
 from transcribed import __version__
 from transcribed.config import Settings, load_settings, parse_set_option
-from transcribed.errors import ConfigError
+from transcribed.errors import ConfigError, ExitCode
 from transcribed.journal import STATES, Journal, JournalError
 from transcribed.logs import configure_logging
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = ExitCode.CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:

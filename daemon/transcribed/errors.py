@@ -1,25 +1,66 @@
-"""Error types, named by what the code does about them.
+"""Error types, named by what the code does about them, and the process's exit codes.
 
-- ``ConfigError``: the daemon cannot start (exit code 2).
+- ``StartupError``: a part of the daemon could not start; ``part`` names it. Exit code 1, which
+  a restart (systemd, Docker) may fix: a port still held by the previous process, a database
+  not up yet.
+- ``ConfigError``: the configuration or the folders are wrong; a restart cannot fix it (exit 2).
 - ``AuthError``: the API refused the key; stop everything, move nothing (exit code 2).
 - ``TransientError``: retry with backoff; never fails a file.
-- ``PermanentError``: this one file fails and goes to ``failed/``.
+- ``PermanentError``: this one file fails and goes to ``failed/`` with a report.
 - ``LocalIOError``: our own disk (outbox full, not writable); keep the source, retry later.
+- ``ComponentFailedError``: a long-running part died while the daemon ran (exit code 1).
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The one list of the process's exit codes (documented in the README)."""
+
+    OK = 0
+    #: Some files failed (``run --once``), or a part of the daemon failed: a restart may help.
+    FAILED = 1
+    #: Bad configuration, unusable folders, a refused key: fix it before starting again.
+    CONFIG = 2
 
 
 class TranscribedError(Exception):
     """Root of every error this package raises on purpose."""
 
 
-class ConfigError(TranscribedError):
+class StartupError(TranscribedError):
+    """A part of the daemon could not start. ``part`` names it (``http``, ``journal``, ...)."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, *, part: str = "daemon") -> None:
+        super().__init__(message)
+        self.part = part
+
+
+class ConfigError(StartupError):
     """Invalid configuration or unusable folders: exit code 2."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, message: str, *, part: str = "config") -> None:
+        super().__init__(message, part=part)
 
 
 class AuthError(TranscribedError):
     """The service rejected the API key: stop everything."""
+
+
+class ComponentFailedError(TranscribedError):
+    """A long-running part of the daemon ended while it should have kept running."""
+
+    def __init__(self, part: str, error: BaseException | None) -> None:
+        what = "ended unexpectedly" if error is None else f"failed: {error!r}"
+        super().__init__(f"{part} {what}")
+        self.part = part
+        self.error = error
 
 
 class TransientError(TranscribedError):

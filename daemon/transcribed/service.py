@@ -18,13 +18,13 @@ from transcribed.backends import Backend
 from transcribed.backends.assemblyai import WEBHOOK_HEADER
 from transcribed.backends.assemblyai_status import StatusTracker
 from transcribed.config import Settings
-from transcribed.errors import AuthError, ConfigError
+from transcribed.errors import AuthError, ConfigError, ExitCode
+from transcribed.folders import prepare_folders, remove_stale_temp_files
 from transcribed.http import HttpServer
 from transcribed.journal import Journal
 from transcribed.logs import get_logger, register_secret
 from transcribed.metrics import Metrics
 from transcribed.outputs import Outputs
-from transcribed.paths import TEMP_PREFIX
 from transcribed.pool import Pool
 from transcribed.progress import Counts, ProgressDisplay
 from transcribed.systemd import Notifier
@@ -32,37 +32,6 @@ from transcribed.watcher import Watcher
 from transcribed.webhooks import webhook_routes
 
 log = get_logger("transcribed.service")
-
-EXIT_OK, EXIT_FAILED_FILES, EXIT_CONFIG = 0, 1, 2
-
-
-def prepare_folders(settings: Settings) -> dict[str, Path]:
-    """Check the inbox and create the other folders; ``ConfigError`` names the bad one."""
-    folders = {
-        name: Path(getattr(settings, name)).expanduser().absolute()
-        for name in ("inbox", "outbox", "done", "failed", "state_dir")
-    }
-    inbox = folders["inbox"]
-    if not inbox.is_dir():
-        raise ConfigError(f"inbox {inbox} does not exist or is not a folder")
-    if not os.access(inbox, os.R_OK | os.X_OK | os.W_OK):
-        raise ConfigError(f"inbox {inbox} is not readable and writable by this user")
-    for name in ("outbox", "done", "failed", "state_dir"):
-        folder = folders[name]
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{name} {folder} cannot be created: {exc.strerror}") from exc
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"{name} {folder} is not writable by this user")
-    return folders
-
-
-def _remove_stale_temp_files(*roots: Path) -> None:
-    """Temp files left by a crash mid-write are never visible results; clear them."""
-    for root in roots:
-        for stale in root.rglob(f"{TEMP_PREFIX}*"):
-            stale.unlink(missing_ok=True)
 
 
 def make_backend(
@@ -255,7 +224,7 @@ class Service:
             register_secret(settings.assemblyai.api_key.get_secret_value())
         try:
             folders = prepare_folders(settings)
-            _remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
+            remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
             with Journal(folders["state_dir"]) as journal:
                 self.journal = journal
                 if settings.resolved_backend() == "assemblyai" and settings.assemblyai.webhook_url:
@@ -270,7 +239,7 @@ class Service:
         except (ConfigError, AuthError) as exc:
             log.error("startup_failed", error=str(exc))
             self.notifier.status(f"startup failed: {exc}")
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
 
     async def _run(self, journal: Journal, folders: dict[str, Path]) -> int:
         settings = self.settings
@@ -347,12 +316,12 @@ class Service:
         )
         if isinstance(fatal, AuthError | ConfigError):
             log.error("startup_failed" if not pool.stats.done else "fatal_error", error=str(fatal))
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
         if fatal is not None:
-            return EXIT_FAILED_FILES
+            return ExitCode.FAILED
         if self.once and pool.stats.failed:
-            return EXIT_FAILED_FILES
-        return EXIT_OK
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     async def _once_intake(self, watcher: Watcher, intake_done: asyncio.Event) -> None:
         try:

@@ -35,8 +35,6 @@ SAFE_PHASES = frozenset({"queued", "hashing", "upload_wait", "polling"})
 LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
 MAX_UNEXPECTED = 5
 ADMIT_AT_ONCE = 16
-#: Backends whose transcripts can be fetched again by id, so identical bytes can reuse them.
-REMOTE_BACKENDS = frozenset({"assemblyai"})
 #: Files up to this size are read once, for hashing and uploading both.
 KEEP_CONTENT_BYTES = 1 << 20
 
@@ -330,7 +328,7 @@ class Pool:
             unchanged = (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
             if sha256 is None or not unchanged:
                 self._phases[row.id] = "hashing"
-                keep = KEEP_CONTENT_BYTES if self._backend.name in REMOTE_BACKENDS else 0
+                keep = KEEP_CONTENT_BYTES if self._backend.capabilities.dedupe else 0
                 try:
                     sha256, data = await asyncio.to_thread(_sha256, source, keep)
                 except OSError as exc:
@@ -400,7 +398,7 @@ class Pool:
         for it."""
         journal = self._journal
         other = None
-        if self._dedupe and self._backend.name in REMOTE_BACKENDS:
+        if self._dedupe and self._backend.capabilities.dedupe:
             other = journal.find_same_content(facts["sha256"], self._backend.name, row.id)
         if other is not None and other.transcript_id is None:
             # The same bytes are being uploaded by another job: wait for its transcript.

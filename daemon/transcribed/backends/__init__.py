@@ -87,10 +87,25 @@ class Result:
         return float(value) if isinstance(value, int | float) else None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the service and the pool act on these, never on its name."""
+
+    #: Transcripts can be fetched again by id, so a file with the same bytes may reuse one
+    #: (and small files' bytes are worth keeping from hashing to upload).
+    dedupe: bool = False
+    #: Progress lives at a remote service, which is asked for it (status sweeps, webhooks).
+    remote_status: bool = False
+    #: The backend serves HTTP routes of its own (a webhook receiver) on the daemon's server.
+    webhooks: bool = False
+
+
 class Backend(Protocol):
     """One transcription engine."""
 
+    #: A label for logs and the journal's ``backend`` column; never branched on.
     name: str
+    capabilities: Capabilities
     #: How many jobs the pool may run at once with this backend.
     max_concurrency: int
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transcribed.backends import Checkpoints, Job, Result
+from transcribed.backends import Capabilities, Checkpoints, Job, Result
 from transcribed.backends.assemblyai_api import AssemblyAIClient
 from transcribed.backends.assemblyai_status import POLL_SHARE, StatusTracker, audio_duration_s
 from transcribed.config import AssemblyAISettings
@@ -46,6 +46,9 @@ class AssemblyAIBackend:
     ) -> None:
         self.settings = settings
         self.max_concurrency = settings.max_concurrent_jobs
+        self.capabilities = Capabilities(
+            dedupe=True, remote_status=True, webhooks=bool(settings.webhook_url)
+        )
         self._params = dict(transcription)
         if settings.webhook_url and webhook_secret:
             self._params |= {

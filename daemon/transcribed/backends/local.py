@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from transcribed.backends import Checkpoints, Job, Result
+from transcribed.backends import Capabilities, Checkpoints, Job, Result
 from transcribed.backends.local_worker import Request, WorkerOptions
 from transcribed.backends.local_worker import main as worker_main
 from transcribed.config import LocalSettings
@@ -95,6 +95,7 @@ class LocalBackend:
         self.settings = settings
         self.formats = tuple(kind for kind in formats if kind in ("srt", "vtt"))
         self.max_concurrency = settings.workers
+        self.capabilities = Capabilities()
         self._context = multiprocessing.get_context("spawn")
         self._options: WorkerOptions | None = None
         self._threads: ThreadPoolExecutor | None = None

@@ -161,7 +161,7 @@ def test_errors_name_where_the_value_came_from(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(config, {})
     assert str(info.value) == (
-        f"invalid configuration: http.listen: Expected `str`, got `int` (from {config})"
+        f"invalid configuration: http.listen: Expected `str | null`, got `int` (from {config})"
     )
     config.write_text('[watch]\nsettle_s = 3\n[output]\nformats = ["txt"]\n')
     with pytest.raises(ConfigError, match=r"output\.formats: .* \(from command line\)$"):

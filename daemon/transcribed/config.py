@@ -157,12 +157,17 @@ class OutputSettings(_Section, frozen=True, kw_only=True):
 
 
 _OFF = ("off", "false", "none")
+DEFAULT_LISTEN = "127.0.0.1:8765"
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True):
-    listen: str = "127.0.0.1:8765"
+    #: ``HOST:PORT``; empty or ``off`` turns the endpoint off. Unset, the long-running daemon
+    #: listens on ``DEFAULT_LISTEN`` and ``run --once`` listens nowhere.
+    listen: str | None = None
 
     def __post_init__(self) -> None:
+        if self.listen is None:
+            return
         value = self.listen.strip()
         if value and value.lower() not in _OFF:
             _host, sep, port = value.rpartition(":")
@@ -170,13 +175,14 @@ class HttpSettings(_Section, frozen=True, kw_only=True):
                 raise _invalid("listen", "must be HOST:PORT, or empty to turn the endpoint off")
         force_setattr(self, "listen", value)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.listen) and self.listen.lower() not in _OFF
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
+    def address(self, *, once: bool = False) -> tuple[str, int] | None:
+        """Where to listen, or None for no endpoint (``once``: a ``run --once`` batch)."""
+        listen = self.listen
+        if listen is None:
+            listen = "" if once else DEFAULT_LISTEN
+        if not listen or listen.lower() in _OFF:
+            return None
+        host, _, port = listen.rpartition(":")
         return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only when the user asks
 
 
@@ -219,7 +225,7 @@ class Settings(_Section, frozen=True, kw_only=True):
             other = Path(getattr(self, name)).expanduser().absolute()
             if other == inbox or inbox in other.parents:
                 raise _invalid(name, f"{other} must not be inside the inbox ({inbox})", "inbox")
-        if self.assemblyai.webhook_url and not self.http.enabled:
+        if self.assemblyai.webhook_url and self.http.address() is None:
             raise _invalid(
                 "assemblyai.webhook_url",
                 "needs http.listen: the webhook receiver is served there",

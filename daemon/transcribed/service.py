@@ -142,9 +142,10 @@ class Service:
         return f"{'processing' if self.once else 'watching'}: {self.counts().summary()}"
 
     async def _start_http(self) -> None:
-        if not self.settings.http.enabled:
+        address = self.settings.http.address(once=self.once)
+        if address is None:
             return
-        host, port = self.settings.http.host_port
+        host, port = address
         routes = []
         if self.webhook_secret is not None and self.journal is not None:
             routes = webhook_routes(
@@ -227,7 +228,11 @@ class Service:
             remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
             with Journal(folders["state_dir"]) as journal:
                 self.journal = journal
-                if settings.resolved_backend() == "assemblyai" and settings.assemblyai.webhook_url:
+                if (
+                    settings.resolved_backend() == "assemblyai"
+                    and settings.assemblyai.webhook_url
+                    and settings.http.address(once=self.once) is not None
+                ):
                     self.webhook_secret = journal.secret("webhook")
                     register_secret(self.webhook_secret)
                 try:

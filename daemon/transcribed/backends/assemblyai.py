@@ -46,9 +46,6 @@ class AssemblyAIBackend:
     ) -> None:
         self.settings = settings
         self.max_concurrency = settings.max_concurrent_jobs
-        self.capabilities = Capabilities(
-            dedupe=True, remote_status=True, webhooks=bool(settings.webhook_url)
-        )
         self._params = dict(transcription)
         if settings.webhook_url and webhook_secret:
             self._params |= {
@@ -56,6 +53,9 @@ class AssemblyAIBackend:
                 "webhook_auth_header_name": WEBHOOK_HEADER,
                 "webhook_auth_header_value": webhook_secret,
             }
+        self.capabilities = Capabilities(
+            dedupe=True, remote_status=True, webhooks="webhook_url" in self._params
+        )
         self._subtitles = [fmt for fmt in formats if fmt in SUBTITLE_FORMATS]
         self._metrics = metrics or Metrics()
         self._client: AssemblyAIClient | None = None

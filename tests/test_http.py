@@ -64,7 +64,7 @@ async def test_readyz_is_503_naming_the_part_not_ready_then_200_once_all_are() -
         assert '"status": "ok"' in body
 
 
-async def test_a_busy_listen_address_is_a_config_error_exit_2(folders: Folders) -> None:
+async def test_a_busy_listen_address_is_a_restartable_failure_exit_1(folders: Folders) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -72,7 +72,7 @@ async def test_a_busy_listen_address_is_a_config_error_exit_2(folders: Folders) 
         settings = settings_for(
             folders, None, **{"backend": "local", "http.listen": f"127.0.0.1:{port}"}
         )
-        assert await Service(settings).run() == ExitCode.CONFIG
+        assert await Service(settings).run() == ExitCode.FAILED
 
 
 async def test_metrics_move_as_files_flow_through_the_daemon(
@@ -143,7 +143,6 @@ async def test_readiness_reports_each_part_before_the_service_runs(folders: Fold
     service = Service(settings_for(folders, None, backend="local"))
     assert service.readiness() == {
         "journal": "not open",
-        "watcher": "not running",
+        "intake": "not running",
         "backend": "starting",
     }
-    assert not service.ready

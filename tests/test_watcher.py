@@ -23,7 +23,7 @@ def journal(tmp_path: Path) -> Journal:
 
 
 def _watcher(inbox: Path, journal: Journal, settle_s: float = 0.2) -> Watcher:
-    return Watcher(inbox, WatchSettings(settle_s=settle_s), journal, lambda _n: None)
+    return Watcher(inbox, WatchSettings(settle_s=settle_s), journal, lambda: None)
 
 
 def _old(path: Path, data: bytes = b"ID3 audio") -> Path:
@@ -72,7 +72,7 @@ async def test_scan_takes_settled_regular_files_and_nothing_else(
 
     watcher = _watcher(inbox, journal)
     await watcher.scan()
-    assert watcher.settle() == 2
+    assert await watcher.settle() == 2
     assert journal.live_paths() == {"a.mp3", "Deep/Er/b.FLAC"}
 
 
@@ -85,11 +85,16 @@ async def test_a_file_still_being_written_is_not_taken_until_it_settles(
     growing.write_bytes(b"ID3 first")
     watcher = _watcher(inbox, journal, settle_s=0.5)
     await watcher.scan()
-    assert watcher.settle() == 0
+    assert await watcher.settle() == 0
     with growing.open("ab") as handle:
         handle.write(b" more")
-    assert watcher.settle() == 0  # changed since last look: the clock starts again
-    await eventually(lambda: watcher.settle() == 1, 5, "settled")
+    assert await watcher.settle() == 0  # changed since last look: the clock starts again
+    settled = 0
+    async with asyncio.timeout(5):
+        while settled == 0:
+            settled = await watcher.settle()
+            await asyncio.sleep(0.05)
+    assert settled == 1
     row = journal.claimable(10, set())[0]
     assert row.size == len(b"ID3 first more")
 
@@ -99,9 +104,9 @@ async def test_known_files_are_handed_over_only_once(tmp_path: Path, journal: Jo
     _old(inbox / "a.mp3")
     watcher = _watcher(inbox, journal)
     await watcher.scan()
-    assert watcher.settle() == 1
+    assert await watcher.settle() == 1
     await watcher.scan()
-    assert watcher.settle() == 0
+    assert await watcher.settle() == 0
     assert watcher.unsettled == 0
 
 
@@ -109,7 +114,7 @@ async def test_watch_sees_new_files_and_folders_moved_in(tmp_path: Path, journal
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     new = asyncio.Event()
-    watcher = Watcher(inbox, WatchSettings(settle_s=0.2), journal, lambda _n: new.set())
+    watcher = Watcher(inbox, WatchSettings(settle_s=0.2), journal, lambda: new.set())
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(watcher.watch(stop, ready))
     await asyncio.wait_for(ready.wait(), 10)
@@ -132,7 +137,7 @@ async def test_polling_mode_works_without_inotify(tmp_path: Path, journal: Journ
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     settings = WatchSettings(settle_s=0.2, force_polling=True, poll_delay_ms=100)
-    watcher = Watcher(inbox, settings, journal, lambda _n: None)
+    watcher = Watcher(inbox, settings, journal, lambda: None)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(watcher.watch(stop, ready))
     await asyncio.wait_for(ready.wait(), 10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import sys
@@ -19,8 +18,6 @@ from transcribed.config import Settings, load_settings, parse_set_option
 from transcribed.errors import ConfigError, ExitCode
 from transcribed.journal import STATES, Journal, JournalError
 from transcribed.logs import configure_logging
-
-EXIT_CONFIG = ExitCode.CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,14 +68,6 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     return load_settings(args.config, environ, overrides)
 
 
-def _startup_done() -> None:
-    """Turn the garbage collector back on if the entry point ran start-up without it,
-    freezing what start-up built so that later collections never walk it again."""
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
-
-
 def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     environ = os.environ if environ is None else environ
@@ -86,10 +75,9 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
         settings = _settings(args, environ)
     except ConfigError as exc:
         print(f"transcribed: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     if args.command == "run":
         return _run(settings, once=args.once, environ=environ)
-    _startup_done()
     if args.command == "status":
         return _status(settings, as_json=args.json, limit=args.limit)
     if args.command == "retry":
@@ -108,8 +96,7 @@ def _run(settings: Settings, *, once: bool, environ: Mapping[str, str]) -> int:
         loop_factory = _loop_factory(settings.daemon.event_loop)
     except ConfigError as exc:
         print(f"transcribed: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    _startup_done()
+        return ExitCode.CONFIG
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
     notifier = Notifier.from_environ(environ)  # $NOTIFY_SOCKET and $WATCHDOG_USEC under systemd
     progress = once and sys.stdout.isatty()
@@ -163,7 +150,7 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
             counts, recent, pending = dict.fromkeys(STATES, 0), [], 0
         else:
             print(f"transcribed: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
     fields = ("id", "path", "state", "transcript_id", "attempts", "last_error", "updated_at")
     jobs = [{key: row[key] for key in fields} for row in recent]
     if as_json:

@@ -31,11 +31,12 @@ class TranscribedError(Exception):
 
 
 class StartupError(TranscribedError):
-    """A part of the daemon could not start. ``part`` names it (``http``, ``journal``, ...)."""
+    """A part of the daemon could not start. ``part`` names it (``http``, ``journal``, ...);
+    when the code that raises does not know, the start-up step it happened in fills it in."""
 
     exit_code: ExitCode = ExitCode.FAILED
 
-    def __init__(self, message: str, *, part: str = "daemon") -> None:
+    def __init__(self, message: str, *, part: str | None = None) -> None:
         super().__init__(message)
         self.part = part
 
@@ -44,9 +45,6 @@ class ConfigError(StartupError):
     """Invalid configuration or unusable folders: exit code 2."""
 
     exit_code = ExitCode.CONFIG
-
-    def __init__(self, message: str, *, part: str = "config") -> None:
-        super().__init__(message, part=part)
 
 
 class AuthError(TranscribedError):

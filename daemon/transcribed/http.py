@@ -10,13 +10,15 @@ The server only reads what it is given; it never reaches into the service that o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from transcribed.errors import ConfigError
+from transcribed.errors import StartupError
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
 
@@ -24,6 +26,8 @@ log = get_logger("transcribed.http")
 
 #: Each part of the service and its state: ``"ok"``, or what is wrong with it.
 Readiness = Callable[[], Mapping[str, str]]
+#: How often :meth:`HttpServer.serve` checks that the endpoint still listens.
+SERVE_CHECK_S = 1.0
 
 
 class HttpServer:
@@ -55,7 +59,8 @@ class HttpServer:
         return app
 
     async def start(self) -> None:
-        """Bind and serve; ``ConfigError`` when the address cannot be used."""
+        """Bind and serve; ``StartupError`` (exit 1: a restart may find the port free) when
+        the address cannot be used."""
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
@@ -64,7 +69,11 @@ class HttpServer:
         except OSError as exc:
             await runner.cleanup()
             reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
-            raise ConfigError(f"http.listen {self.host}:{self.port}: {reason}") from exc
+            raise StartupError(
+                f"cannot listen on {self.host}:{self.port} ({reason}); "
+                "set http.listen to another HOST:PORT, or to off",
+                part="http",
+            ) from exc
         self._runner = runner
         # With port 0 the system picks one; report the real one.
         for address in runner.addresses:
@@ -72,6 +81,21 @@ class HttpServer:
                 self.port = int(address[1])
                 break
         log.info("http_started", url=self.url)
+
+    @property
+    def serving(self) -> bool:
+        """The endpoint is bound and listening."""
+        return self._runner is not None and bool(self._runner.sites)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: check once a second that the endpoint still listens; raises
+        ``OSError`` when it stopped (for the daemon's supervision: a dead endpoint means no
+        health checks, no metrics and no webhooks)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SERVE_CHECK_S)
+            if not stop.is_set() and not self.serving:
+                raise OSError(f"the HTTP endpoint on {self.url} stopped listening")
 
     @property
     def url(self) -> str:

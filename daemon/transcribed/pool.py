@@ -161,7 +161,7 @@ class Pool:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def wake(self, _count: int = 0) -> None:
+    def wake(self) -> None:
         self._wake.set()
 
     # -- dispatch --------------------------------------------------------------------------
@@ -217,8 +217,9 @@ class Pool:
         self._wake.set()
 
     # -- shutdown --------------------------------------------------------------------------
-    async def drain(self, grace_s: float) -> int:
-        """Cancel jobs that are only waiting; give the rest ``grace_s`` to reach a checkpoint.
+    async def drain(self, grace_s: float, *, force: asyncio.Event | None = None) -> int:
+        """Cancel jobs that are only waiting; give the rest ``grace_s`` to reach a checkpoint,
+        or until ``force`` is set (a second signal).
 
         Returns how many jobs had to be cancelled mid-step (they resume on the next start).
         """
@@ -228,7 +229,7 @@ class Pool:
                 if self._phases.get(job_id) in SAFE_PHASES:
                     task.cancel()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (force is not None and force.is_set()):
                 break
             await asyncio.wait(list(self._tasks.values()), timeout=min(0.1, remaining))
         cut = len(self._tasks)

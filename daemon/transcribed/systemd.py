@@ -97,13 +97,18 @@ class Notifier:
         self._status = redact(status)
         self.notify("STOPPING=1", f"STATUS={self._status}")
 
-    async def keepalive(self, status: Callable[[], str] | None = None) -> None:
-        """Until cancelled: ``WATCHDOG=1`` every half watchdog interval, and fresh ``STATUS=``."""
+    async def keepalive(
+        self,
+        status: Callable[[], str] | None = None,
+        healthy: Callable[[], bool] | None = None,
+    ) -> None:
+        """Until cancelled: ``WATCHDOG=1`` every half watchdog interval while ``healthy()``
+        (every part of the daemon alive), and fresh ``STATUS=``."""
         if self._address is None:
             return
         tick_s = min(self.watchdog_s or STATUS_INTERVAL_S, STATUS_INTERVAL_S)
         while True:
-            if self.watchdog_s is not None:
+            if self.watchdog_s is not None and (healthy is None or healthy()):
                 self.notify("WATCHDOG=1")
             if status is not None:
                 self.status(status())

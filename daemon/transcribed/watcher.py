@@ -4,23 +4,45 @@ A start-up scan, then watchfiles events (inotify, or polling for network shares)
 periodic rescan for anything the events missed. A file is taken only when its size and mtime
 have stayed the same for ``settle_s``; hidden files, temp/partial downloads, symlinks and
 anything that is not a regular file are ignored, and symlinked folders are never entered.
+
+The intake never stops quietly. An inbox that disappears or cannot be read is logged once as
+``inbox_unavailable`` (and reported by :meth:`Watcher.health`); the watcher waits for it, watches
+it again as soon as it is back and logs ``inbox_available``. When the system's limit on inotify
+watches is reached it falls back to polling, with a warning naming the sysctl that raises the
+limit. Anything else ends :meth:`Watcher.watch` with the error, for the service to act on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from transcribed.config import WatchSettings
+from transcribed.errors import LocalIOError
 from transcribed.journal import Journal
 from transcribed.logs import get_logger
 from transcribed.paths import is_candidate_name, is_hidden_dir, safe_lstat
 
 log = get_logger("transcribed.watcher")
+
+#: How often a missing inbox is looked for, and an existing one checked between events.
+INBOX_CHECK_S = 0.5
+#: What watchfiles (the notify crate) says when inotify's watch limit is reached.
+WATCH_LIMIT_TEXT = "watch limit"
+WATCH_LIMIT_HINT = (
+    "raise the limit with: sysctl fs.inotify.max_user_watches=524288 "
+    "(or set watch.force_polling = true)"
+)
+
+
+def _is_watch_limit(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and WATCH_LIMIT_TEXT in str(exc).lower()
 
 
 @dataclass
@@ -38,7 +60,7 @@ class Watcher:
         inbox: Path,
         settings: WatchSettings,
         journal: Journal,
-        on_new: Callable[[int], None],
+        on_new: Callable[[], None],
     ) -> None:
         self.inbox = inbox
         self.settings = settings
@@ -48,6 +70,20 @@ class Watcher:
         self._changed = asyncio.Event()
         self._scans: set[asyncio.Task[None]] = set()
         self.running = False
+        #: Why the inbox cannot be used now (None while it can); /readyz reports it.
+        self.inbox_problem: str | None = None
+        #: Why settled files cannot be recorded now (None while they can).
+        self.journal_problem: str | None = None
+        self._polling = settings.force_polling
+        self._unreadable: set[str] = set()
+
+    def health(self) -> str:
+        """``"ok"``, or what keeps new files from being taken."""
+        if self.inbox_problem is not None:
+            return f"inbox unavailable: {self.inbox_problem}"
+        if self.journal_problem is not None:
+            return f"cannot record new files: {self.journal_problem}"
+        return "ok" if self.running else "not running"
 
     @property
     def unsettled(self) -> int:
@@ -58,7 +94,12 @@ class Watcher:
     def _walk(self, top: Path, known: set[str]) -> dict[str, os.stat_result]:
         """Every candidate regular file below ``top`` (runs in a thread)."""
         found: dict[str, os.stat_result] = {}
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        unreadable: set[str] = set()
+
+        def note_error(exc: OSError) -> None:
+            unreadable.add(str(exc.filename))
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=note_error, followlinks=False):
             dirnames[:] = [d for d in dirnames if not is_hidden_dir(d)]
             base = Path(dirpath)
             for name in filenames:
@@ -69,6 +110,10 @@ class Watcher:
                 info = safe_lstat(path)
                 if info is not None:
                     found[rel] = info
+        unreadable.discard(str(self.inbox))  # the inbox itself: _inbox_state reports it
+        for folder in unreadable - self._unreadable:
+            log.warning("folder_unreadable", folder=folder)
+        self._unreadable = unreadable
         return found
 
     async def scan(self, top: Path | None = None) -> None:
@@ -109,13 +154,22 @@ class Watcher:
             self._note(rel, info, time.monotonic())
             self._changed.set()
 
-    def settle(self) -> int:
-        """Hand every settled candidate to the journal in one transaction; returns how many."""
+    async def settle(self) -> int:
+        """Hand every settled candidate to the journal in one transaction; returns how many.
+
+        The candidates are looked at again in one batch off the event loop: on a network share
+        a ``stat`` can hang, and the loop must not hang with it."""
+        if not self._candidates:
+            return 0
+        rels = list(self._candidates)
+        infos = await asyncio.to_thread(lambda: [safe_lstat(self.inbox / rel) for rel in rels])
         now_mono, now_wall = time.monotonic(), time.time()
         settle_s = self.settings.settle_s
         ready: list[tuple[str, int, int]] = []
-        for rel, cand in list(self._candidates.items()):
-            info = safe_lstat(self.inbox / rel)
+        for rel, info in zip(rels, infos, strict=True):
+            cand = self._candidates.get(rel)
+            if cand is None:  # deleted meanwhile (an event)
+                continue
             if info is None:
                 del self._candidates[rel]
                 continue
@@ -123,20 +177,32 @@ class Watcher:
                 self._candidates[rel] = _Candidate(info.st_size, info.st_mtime_ns, now_mono)
                 continue
             quiet_s = now_mono - cand.since
-            if not self.settings.force_polling:
+            if not self._polling:
                 # mtime is when the last write landed; a network share's clock may differ.
                 quiet_s = max(quiet_s, now_wall - info.st_mtime_ns / 1e9)
             if quiet_s >= settle_s:
                 ready.append((rel, info.st_size, info.st_mtime_ns))
-                del self._candidates[rel]
         if not ready:
             return 0
-        new_ids = self._journal.discover_many(ready)
+        try:
+            new_ids = self._journal.discover_many(ready)
+        except LocalIOError as exc:
+            # The state_dir is full or failing: keep the files as candidates and try again at
+            # the next tick; /readyz says why meanwhile.
+            if self.journal_problem is None:
+                log.error("journal_write_failed", error=str(exc), files=len(ready))
+            self.journal_problem = str(exc)
+            return 0
+        if self.journal_problem is not None:
+            log.info("journal_write_recovered")
+            self.journal_problem = None
+        for rel, _, _ in ready:
+            self._candidates.pop(rel, None)
         for rel, size, _ in ready:
             if rel in new_ids:  # a file already being worked on is not news
                 log.info("file_detected", path=rel, size=size, job_id=new_ids[rel])
         if new_ids:
-            self._on_new(len(new_ids))
+            self._on_new()
         return len(new_ids)
 
     # -- loops -----------------------------------------------------------------------------
@@ -147,36 +213,103 @@ class Watcher:
                 self._changed.clear()
                 await _wait_any(stop, self._changed)
                 continue
-            self.settle()
+            await self.settle()
             await _wait_any(stop, timeout=tick_s)
 
     async def rescan_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _wait_any(stop, timeout=self.settings.rescan_interval_s)
-            if not stop.is_set():
+            if not stop.is_set() and self.inbox_problem is None:
                 await self.scan()
 
     async def watch(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set: start-up scan, then events, rescans and settling."""
+        """Run until ``stop`` is set: events, a scan each time the watch (re)starts, rescans
+        and settling. Raises what it cannot recover from."""
         self.running = True
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._events(stop, ready))
-                await self.scan()
                 group.create_task(self.settle_loop(stop))
                 group.create_task(self.rescan_loop(stop))
+                await self._follow(stop, ready)
+        except* Exception as failed:  # noqa: BLE001 - re-raised at once, unwrapped from the group
+            # One loop failed and the others were cancelled: report that one error.
+            raise failed.exceptions[0] from None
         finally:
             self.running = False
 
+    async def _follow(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        """Watch the inbox while it exists; wait for it while it does not."""
+        while not stop.is_set():
+            await self._until_available(stop)
+            if stop.is_set():
+                return
+            events = asyncio.create_task(self._events(stop, ready))
+            try:
+                # After the watch is set up, so that nothing written meanwhile is missed; a file
+                # seen by both is noted twice, which is harmless.
+                await self.scan()
+                await events
+            except OSError as exc:
+                if not self._polling and _is_watch_limit(exc):
+                    self._polling = True
+                    log.warning(
+                        "watch_limit_reached",
+                        error=str(exc),
+                        fallback="polling",
+                        hint=WATCH_LIMIT_HINT,
+                    )
+                    continue
+                if await self._inbox_state() is None:
+                    raise  # the inbox is fine: this is a real failure
+                # The inbox went away under the watch: wait for it to come back.
+            finally:
+                events.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await events
+
+    async def _inbox_state(self) -> str | None:
+        """What is wrong with the inbox now, or None when it can be watched."""
+
+        def check() -> str | None:
+            try:
+                info = self.inbox.stat()
+            except OSError as exc:
+                return exc.strerror or str(exc)
+            if not stat.S_ISDIR(info.st_mode):
+                return "not a folder"
+            if not os.access(self.inbox, os.R_OK | os.X_OK):
+                return "not readable by this user"
+            return None
+
+        return await asyncio.to_thread(check)
+
+    async def _until_available(self, stop: asyncio.Event) -> None:
+        """Return once the inbox can be watched (at once when it can), logging the change."""
+        while not stop.is_set():
+            problem = await self._inbox_state()
+            if problem is None:
+                if self.inbox_problem is not None:
+                    log.info("inbox_available", inbox=str(self.inbox))
+                    self.inbox_problem = None
+                return
+            if self.inbox_problem is None:
+                log.error("inbox_unavailable", inbox=str(self.inbox), reason=problem)
+                self._candidates.clear()
+            self.inbox_problem = problem
+            await _wait_any(stop, timeout=INBOX_CHECK_S)
+
     async def _events(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        """Follow watchfiles' events until ``stop``, or until the inbox is gone (returns)."""
         # Here, not at the top: `run --once` only scans, and need not load it.
         from watchfiles import Change, awatch
 
+        inbox = str(self.inbox)
         started = False
+        last_check = time.monotonic()
         async for changes in awatch(
             self.inbox,
             stop_event=stop,
-            force_polling=self.settings.force_polling,
+            force_polling=self._polling,
             poll_delay_ms=self.settings.poll_delay_ms,
             debounce=200,
             step=50,
@@ -186,20 +319,34 @@ class Watcher:
         ):
             if not started:
                 started = True
-                log.info("watcher_started", force_polling=self.settings.force_polling)
+                log.info("watcher_started", force_polling=self._polling)
                 if ready is not None:
                     ready.set()
+            lost = False
             for change, raw_path in changes:
-                self._event(change == Change.deleted, raw_path)
+                if raw_path == inbox and change == Change.deleted:
+                    lost = True
+                else:
+                    self._event(change == Change.deleted, raw_path)
+            # An inbox removed (or re-mounted) under the watch may send no event at all.
+            now = time.monotonic()
+            if lost or now - last_check >= INBOX_CHECK_S:
+                last_check = now
+                if await self._inbox_state() is not None:
+                    return
 
     async def drain_once(self, stop: asyncio.Event) -> None:
         """For ``--once``: scan, then settle until every file seen has been handed over."""
         self.running = True
         try:
+            problem = await self._inbox_state()
+            if problem is not None:
+                log.error("inbox_unavailable", inbox=str(self.inbox), reason=problem)
+                raise OSError(f"inbox {self.inbox} is unavailable: {problem}")
             await self.scan()
             tick_s = min(0.5, max(0.05, self.settings.settle_s / 4))
             while self._candidates and not stop.is_set():
-                self.settle()
+                await self.settle()
                 if self._candidates:
                     await _wait_any(stop, timeout=tick_s)
         finally:

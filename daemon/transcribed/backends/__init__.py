@@ -8,9 +8,13 @@ it. A backend never touches the journal or the folders itself.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from aiohttp import web
 
 
 class Content:
@@ -117,6 +121,17 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release resources; safe to call after a failed ``start``."""
+
+    def health(self) -> str:
+        """``"ok"``, or what is wrong (for ``/readyz``): the API failing for a while, say."""
+
+    def parts(self) -> Mapping[str, asyncio.Task[None]]:
+        """Long-running tasks the backend started, by name, for the daemon to supervise: one
+        that ends while the daemon runs stops the daemon (loudly) instead of dying alone."""
+
+    def routes(self, known: Callable[[str], bool]) -> Sequence[web.RouteDef]:
+        """HTTP routes to serve on the daemon's endpoint (a webhook receiver), or none.
+        ``known(transcript_id)``: the journal holds that transcript id."""
 
     async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
         """Turn one file into a transcript, resuming from the job's recorded progress."""

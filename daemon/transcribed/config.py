@@ -111,7 +111,7 @@ class WatchSettings(_Section, frozen=True, kw_only=True):
         list[str],
         _doc("""File name patterns (shell-style, case-insensitive) of the files taken from the
         inbox. Hidden and temporary files are never taken, whatever the patterns say (see
-        "Which files are taken" below)."""),
+        [which files are taken](#which-files-are-taken))."""),
     ] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
     settle_s: Annotated[
         float,
@@ -140,8 +140,8 @@ class AssemblyAISettings(_Section, frozen=True, kw_only=True):
 
     api_key: Annotated[
         Secret | None,
-        _doc("""The API key. Better kept out of the file: see "The API key" above for every
-        source and their order. It never appears in a log line, an error report or
+        _doc("""The API key. Better kept out of the file: see [the API key](#the-api-key) for
+        every source and their order. It never appears in a log line, an error report or
         `transcribed status`."""),
     ] = None
     api_key_file: Annotated[

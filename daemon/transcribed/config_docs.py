@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,6 +41,14 @@ def _error(environ: dict[str, str], overrides: dict[str, Any] | None = None) -> 
     raise ValueError(f"expected {environ} {overrides} to be refused")
 
 
+def _wrap(text: str, width: int = 100) -> str:
+    """One paragraph in lines of at most ``width`` characters (code spans may break at a
+    space)."""
+    return textwrap.fill(
+        " ".join(text.split()), width, break_long_words=False, break_on_hyphens=False
+    )
+
+
 def _intro() -> str:
     switches = ", ".join(
         f"`{yes}`/`{no}`"
@@ -61,14 +70,16 @@ places, each overriding the one before it:
    value, or as text when it is not one), and `run`'s `--inbox`, `--outbox`, `--done`,
    `--failed`, `--state-dir` and `--backend`.
 
-A table set from the environment or the command line (`--set 'watch={{settle_s=5}}'`)
-overrides the file key by key, not as a whole.
+A table given on the command line (`--set 'watch={{settle_s=5}}'`) overrides the file's table
+key by key, not as a whole.
 
-Values from the environment and `--set` arrive as text and are read as their key's type:
-switches take {switches} (any case); numbers may have spaces around them and `_` between
+{
+        _wrap(f'''Values from the environment and `--set` arrive as text and are read as their key's
+type: switches take {switches} (any case); numbers may have spaces around them and `_` between
 digits, and a whole number may be written as `20.0`; lists are comma-separated (`txt,srt`) or
 JSON (`["txt", "srt"]`); values under `[transcription]` are read as JSON when they parse
-(`true`, `3`, `["a", "b"]`) and as text otherwise. Numbers must be finite.
+(`true`, `3`, `["a", "b"]`) and as text otherwise. Numbers must be finite.''')
+    }
 
 The settings are checked once, at start-up, before any file is touched. A bad value stops the
 daemon with exit code 2 and one line that names the key and where its value came from:
@@ -199,15 +210,10 @@ def _key(field: mi.Field, section: str | None, annotation: Any) -> Iterator[str]
     if isinstance(kind, mi.DictType):
         env = f"`{_env([*path, '<FIELD>'])}` for each field"
     yield f"### `{dotted}`\n"
-    yield f"{text}\n"
+    yield f"{_wrap(text)}\n"
     yield f"- type: {_type(kind, _literals(annotation))}"
     yield f"- default: {_default(field)}"
     yield f"- environment: {env}\n"
-
-
-def _paragraph(doc: str | None) -> str:
-    """A docstring as one paragraph (it is written as prose in config.py)."""
-    return " ".join((doc or "").split())
 
 
 def _sections() -> Iterator[str]:
@@ -215,7 +221,7 @@ def _sections() -> Iterator[str]:
     assert isinstance(top, mi.StructType)
     hints = typing.get_type_hints(config.Settings, include_extras=True)
     yield "## Top level\n"
-    yield _paragraph(config.Settings.__doc__) + "\n"
+    yield _wrap(config.Settings.__doc__ or "") + "\n"
     tables = []
     for field in top.fields:
         if isinstance(field.type, mi.StructType):
@@ -228,7 +234,7 @@ def _sections() -> Iterator[str]:
         if not doc:
             raise ValueError(f"[{field.name}] has no docstring: add one to its class")
         yield f"## `[{field.name}]`\n"
-        yield _paragraph(doc) + "\n"
+        yield _wrap(doc) + "\n"
         section_hints = typing.get_type_hints(field.type.cls, include_extras=True)
         for key in field.type.fields:
             yield from _key(key, field.name, section_hints[key.name])
@@ -252,19 +258,28 @@ def _file_rules() -> str:
     }
     for what, (name, taken) in claims.items():
         if paths.is_candidate_name(name, ["*.mp3"]) is not taken:
-            raise ValueError(f"the file rules below no longer hold for {what} ({name})")
+            raise ValueError(f"the documented file rules no longer hold for {what} ({name})")
     listed = ", ".join(f"`{suffix}`" for suffix in suffixes)
     patterns = ", ".join(f"`{pattern}`" for pattern in config.DEFAULT_PATTERNS)
+    lead = _wrap(f"""A file in the inbox or any folder below it is taken when its name matches
+    one of `watch.patterns`, compared case-insensitively (by default {patterns}), and none of
+    these applies:""")
+    suffix_rule = textwrap.indent(
+        _wrap(
+            f"""- its name ends in a temporary or partial-download suffix, in any case:
+        {listed};""",
+            98,
+        ),
+        "  ",
+    ).lstrip()
     return f"""## Which files are taken
 
-A file in the inbox or any folder below it is taken when its name matches one of
-`watch.patterns`, compared case-insensitively (by default {patterns}), and none of these
-applies:
+{lead}
 
 - its name, or the name of a folder it is in, starts with `.` (hidden; the daemon's own
   temporary files, `{paths.TEMP_PREFIX}*`, are hidden too);
 - its name starts with `~` (editors' and office suites' lock and backup files);
-- its name ends in a temporary or partial-download suffix, in any case: {listed};
+{suffix_rule}
 - it is not a regular file: symbolic links are never followed, so nothing outside the inbox
   is ever uploaded, and symbolically linked folders are not entered.
 

@@ -331,8 +331,8 @@ class DaemonSettings(_Section, frozen=True, kw_only=True):
     ] = 10.0
     dedupe: Annotated[
         bool,
-        _doc("""The same bytes dropped again, under any name, reuse the earlier transcript
-        instead of being uploaded and paid for again."""),
+        _doc("""With the AssemblyAI backend, the same bytes dropped again, under any name,
+        reuse the earlier transcript instead of being uploaded and paid for again."""),
     ] = True
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _doc("The least severe level logged.")

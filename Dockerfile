@@ -1,4 +1,4 @@
-# transcribed in a container. See the README, "Running it as a service" > "Docker".
+# transcribed in a container. See docs/deployment/docker.md.
 #
 #   docker build -t transcribed .                          # with the local engine (default)
 #   docker build -t transcribed:cloud --target cloud .     # AssemblyAI only, much smaller

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: install lint test bench demo clean
+.PHONY: install lint test bench docs demo clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: lint
 
 bench: install
 	$(PY) -m bench
+
+# Rewrite docs/configuration.md from the configuration's schema (tests/test_docs.py checks it).
+docs: install
+	$(PY) -m transcribed.config_docs docs/configuration.md
 
 # Transcribe the bundled samples with the local engine (no key, no network), then show them.
 demo: install

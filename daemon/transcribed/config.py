@@ -8,6 +8,9 @@ from a systemd credential named ``assemblyai_api_key``.
 The sections are msgspec structs: ``load_settings`` converts and checks the merged tree in one
 call (types, bounds, unknown keys). The checks that span fields run in ``__post_init__``, so they
 also hold for a struct built in code, which is otherwise taken as given.
+
+Each key carries its description (``Meta(description=...)``) and each section its docstring:
+``transcribed.config_docs`` writes docs/configuration.md from them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ DEFAULT_SPEECH_MODELS = ["universal-3-pro", "universal-2"]
 
 NonNegative = Meta(ge=0)
 Positive = Meta(gt=0)
+
+
+def _doc(text: str) -> Meta:
+    """A key's description, for docs/configuration.md (``transcribed.config_docs``)."""
+    return Meta(description=" ".join(text.split()))
 
 
 class Secret:
@@ -97,30 +105,123 @@ class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class WatchSettings(_Section, frozen=True, kw_only=True):
-    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
-    settle_s: Annotated[float, NonNegative] = 2.0
-    rescan_interval_s: Annotated[float, Positive] = 30.0
-    force_polling: bool = False
-    poll_delay_ms: Annotated[int, Meta(ge=50)] = 1000
+    """How the inbox is followed, and when a file in it is taken."""
+
+    patterns: Annotated[
+        list[str],
+        _doc("""File name patterns (shell-style, case-insensitive) of the files taken from the
+        inbox. Hidden and temporary files are never taken, whatever the patterns say (see
+        [which files are taken](#which-files-are-taken))."""),
+    ] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    settle_s: Annotated[
+        float,
+        NonNegative,
+        _doc("""A file is taken once its size and modification time have stayed the same for
+        this long, so a file still being copied in is not taken half-written."""),
+    ] = 2.0
+    rescan_interval_s: Annotated[
+        float,
+        Positive,
+        _doc("Interval of full rescans of the inbox, which catch anything the events missed."),
+    ] = 30.0
+    force_polling: Annotated[
+        bool,
+        _doc("""Poll the file system instead of using inotify: needed for NFS and SMB shares,
+        where inotify sees no changes made by other machines."""),
+    ] = False
+    poll_delay_ms: Annotated[
+        int, Meta(ge=50), _doc("How often to poll, in milliseconds, when polling.")
+    ] = 1000
 
 
 class AssemblyAISettings(_Section, frozen=True, kw_only=True):
-    api_key: Secret | None = None
-    api_key_file: Path | None = None
-    base_url: str = "https://api.assemblyai.com"
-    max_concurrent_jobs: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    max_concurrent_uploads: Annotated[int, Meta(ge=1, le=64)] = 4
-    requests_per_s: Annotated[float, Positive] = 40.0
-    request_burst: Annotated[int, Meta(ge=1)] = 1000
-    poll_min_s: Annotated[float, Positive] = 1.0
-    poll_max_s: Annotated[float, Positive] = 20.0
-    retry_max_backoff_s: Annotated[float, Positive] = 60.0
-    connect_timeout_s: Annotated[float, Positive] = 15.0
-    read_timeout_s: Annotated[float, Positive] = 60.0
-    chars_per_caption: Annotated[int, Meta(ge=1)] | None = None
-    stuck_after_s: Annotated[float, Positive] = 3 * 3600.0
-    resubmit_stuck: bool = False
-    webhook_url: str | None = None
+    """The AssemblyAI backend: the key, the endpoint, concurrency, the request budget,
+    polling and webhooks."""
+
+    api_key: Annotated[
+        Secret | None,
+        _doc("""The API key. Better kept out of the file: see [the API key](#the-api-key) for
+        every source and their order. It never appears in a log line, an error report or
+        `transcribed status`."""),
+    ] = None
+    api_key_file: Annotated[
+        Path | None,
+        _doc("""A file holding the API key (surrounding whitespace is ignored); read when no
+        `api_key` is set."""),
+    ] = None
+    base_url: Annotated[
+        str,
+        _doc("""The API's address: `https://api.eu.assemblyai.com` for EU data residency.
+        Starts with `http://` or `https://`; a trailing `/` is dropped."""),
+    ] = "https://api.assemblyai.com"
+    max_concurrent_jobs: Annotated[
+        int,
+        Meta(ge=1, le=10_000),
+        _doc("Jobs in flight at once: uploading, submitted, queued or processing."),
+    ] = 200
+    max_concurrent_uploads: Annotated[
+        int, Meta(ge=1, le=64), _doc("Uploads at once; a few keep each upload fast.")
+    ] = 4
+    requests_per_s: Annotated[
+        float,
+        Positive,
+        _doc("""Sustained rate of the request budget (a token bucket) that every API request
+        shares. Status sweeps use at most half of it, and so do the jobs' own polls."""),
+    ] = 40.0
+    request_burst: Annotated[
+        int,
+        Meta(ge=1),
+        _doc("""Requests that may go out at once before `requests_per_s` applies. Any 5 minutes
+        then see at most `request_burst + 300 * requests_per_s` requests (13,000 with the
+        defaults, against the account's 20,000); the daemon logs
+        `request_budget_above_account_limit` at start-up when the two allow more. The
+        bucket is per process: lower it when a timer starts `run --once` every few
+        minutes, or other clients share the key."""),
+    ] = 1000
+    poll_min_s: Annotated[
+        float, Positive, _doc("Shortest interval between one job's own status polls.")
+    ] = 1.0
+    poll_max_s: Annotated[
+        float,
+        Positive,
+        _doc("""Longest interval between one job's own status polls. Every job polls at least
+        this often as a safety net, even when sweeps or webhooks tell it when it is done.
+        At least `poll_min_s`."""),
+    ] = 20.0
+    retry_max_backoff_s: Annotated[
+        float,
+        Positive,
+        _doc("""Longest wait between retries of a request that failed in passing (timeout,
+        dropped connection, 429, 5xx). Such a request is retried until it succeeds."""),
+    ] = 60.0
+    connect_timeout_s: Annotated[
+        float, Positive, _doc("Time allowed to open a connection to the API.")
+    ] = 15.0
+    read_timeout_s: Annotated[
+        float,
+        Positive,
+        _doc("Time allowed for an answer to arrive; an upload gets extra time by its size."),
+    ] = 60.0
+    chars_per_caption: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        _doc("Most characters per caption in srt and vtt output; unset: the API's default."),
+    ] = None
+    stuck_after_s: Annotated[
+        float,
+        Positive,
+        _doc("""A job still queued or processing after this long is reported (`job_stuck`)
+        and then polled every 5 minutes."""),
+    ] = 3 * 3600.0
+    resubmit_stuck: Annotated[
+        bool, _doc("Resubmit a stuck job once (it is paid again) instead of only waiting.")
+    ] = False
+    webhook_url: Annotated[
+        str | None,
+        _doc("""Public URL that reaches this daemon's `/webhook` on `http.listen` (through a
+        TLS reverse proxy, say). Set, the service notifies the daemon when a transcript is
+        done; unset, the daemon sweeps the account's transcript list. Needs
+        `http.listen`."""),
+    ] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):  # built in code with a plain string: keep it hidden
@@ -135,20 +236,46 @@ class AssemblyAISettings(_Section, frozen=True, kw_only=True):
 
 
 class LocalSettings(_Section, frozen=True, kw_only=True):
-    model: str = "tiny.en"
-    compute_type: str = "int8"
-    beam_size: Annotated[int, Meta(ge=1, le=20)] = 5
-    language: str | None = "en"
-    workers: Annotated[int, Meta(ge=1, le=64)] = 2
-    threads_per_worker: Annotated[int, Meta(ge=1, le=64)] = 1
-    timeout_factor: Annotated[float, Positive] = 4.0
-    min_timeout_s: Annotated[float, Positive] = 120.0
+    """The embedded faster-whisper engine (installed with the `local` extra): no key, no
+    network."""
+
+    model: Annotated[
+        str,
+        _doc("""A folder holding a CTranslate2 Whisper model, or `tiny.en` for the model bundled
+        with the `local` extra."""),
+    ] = "tiny.en"
+    compute_type: Annotated[
+        str, _doc("CTranslate2's compute type: `int8`, `int8_float32`, `float32`, ...")
+    ] = "int8"
+    beam_size: Annotated[int, Meta(ge=1, le=20), _doc("Beam width of the decoder.")] = 5
+    language: Annotated[str | None, _doc("Language code of the audio.")] = "en"
+    workers: Annotated[
+        int,
+        Meta(ge=1, le=64),
+        _doc("Decoder processes, each with its own copy of the model."),
+    ] = 2
+    threads_per_worker: Annotated[
+        int, Meta(ge=1, le=64), _doc("CPU threads of each decoder process.")
+    ] = 1
+    timeout_factor: Annotated[
+        float,
+        Positive,
+        _doc("""A decode that takes longer than `max(min_timeout_s, timeout_factor * audio
+        length)` counts as hung: its worker is restarted and that file fails."""),
+    ] = 4.0
+    min_timeout_s: Annotated[
+        float, Positive, _doc("The least time a decode gets before it counts as hung.")
+    ] = 120.0
 
 
 class OutputSettings(_Section, frozen=True, kw_only=True):
-    formats: list[Literal["txt", "json", "srt", "vtt"]] = field(
-        default_factory=lambda: ["txt", "json"]
-    )
+    """What is written to the outbox for each transcript."""
+
+    formats: Annotated[
+        list[Literal["txt", "json", "srt", "vtt"]],
+        _doc("""Files written per transcript, at least one: `txt` (the text), `json` (the
+        transcript object as the backend returned it), `srt` and `vtt` (captions)."""),
+    ] = field(default_factory=lambda: ["txt", "json"])
 
     def __post_init__(self) -> None:
         if not self.formats:
@@ -161,9 +288,16 @@ DEFAULT_LISTEN = "127.0.0.1:8765"
 
 
 class HttpSettings(_Section, frozen=True, kw_only=True):
-    #: ``HOST:PORT``; empty or ``off`` turns the endpoint off. Unset, the long-running daemon
-    #: listens on ``DEFAULT_LISTEN`` and ``run --once`` listens nowhere.
-    listen: str | None = None
+    """The HTTP endpoint: health (`/healthz`, `/readyz`), Prometheus metrics (`/metrics`) and
+    the webhook receiver (`/webhook`). It has no authentication: keep it on loopback or a
+    private network."""
+
+    listen: Annotated[
+        str | None,
+        _doc(f"""`HOST:PORT` to listen on; empty or `off` turns the endpoint off. Unset, the
+        long-running daemon listens on `{DEFAULT_LISTEN}` and `run --once` listens nowhere,
+        so a batch run from a timer never competes with the service for the port."""),
+    ] = None
 
     def __post_init__(self) -> None:
         if self.listen is None:
@@ -187,26 +321,80 @@ class HttpSettings(_Section, frozen=True, kw_only=True):
 
 
 class DaemonSettings(_Section, frozen=True, kw_only=True):
-    grace_s: Annotated[float, NonNegative] = 10.0
-    dedupe: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-    io_threads: Annotated[int, Meta(ge=1, le=64)] = 3
+    """The process itself: shutdown, de-duplication, logging, event loop and threads."""
+
+    grace_s: Annotated[
+        float,
+        NonNegative,
+        _doc("""On the first SIGTERM or SIGINT, uploads and submits under way get this long to
+        reach a checkpoint; the journal resumes the rest on the next start."""),
+    ] = 10.0
+    dedupe: Annotated[
+        bool,
+        _doc("""With the AssemblyAI backend, the same bytes dropped again, under any name,
+        reuse the earlier transcript instead of being uploaded and paid for again."""),
+    ] = True
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("The least severe level logged.")
+    ] = "info"
+    log_format: Annotated[
+        Literal["auto", "json", "console"],
+        _doc("`auto`: readable lines on a terminal, JSON lines otherwise."),
+    ] = "auto"
+    event_loop: Annotated[
+        Literal["auto", "asyncio", "uvloop"],
+        _doc("""`auto`: uvloop when it is installed (it comes with the daemon on Linux and
+        macOS), asyncio's own loop otherwise. `uvloop` when it is missing is an error."""),
+    ] = "auto"
+    io_threads: Annotated[
+        int,
+        Meta(ge=1, le=64),
+        _doc("""Threads for blocking file work: hashing new files, inbox scans, reading audio
+        headers and files for upload, writing transcripts, moving sources, folder fsyncs
+        (the journal's fsync has a thread of its own). On a local disk more threads mostly
+        contend with the event loop; raise it when the folders are on a slow network share
+        or on different filesystems, where moving a source means copying it."""),
+    ] = 3
 
 
 class Settings(_Section, frozen=True, kw_only=True):
-    inbox: Path = Path("inbox")
-    outbox: Path = Path("outbox")
-    done: Path = Path("done")
-    failed: Path = Path("failed")
-    state_dir: Path = Path("state")
-    backend: Literal["auto", "assemblyai", "local"] = "auto"
+    """The folders and the backend. Relative paths are relative to the working directory."""
+
+    inbox: Annotated[
+        Path,
+        _doc("""Folder watched, recursively, for audio. It must exist: the daemon never creates
+        it, so an unmounted share is reported instead of watched."""),
+    ] = Path("inbox")
+    outbox: Annotated[
+        Path,
+        _doc("""Transcripts, as `<relative path without extension>.<format>`, in the inbox's
+        subfolders. Created if missing, like the three below; none may be inside the
+        inbox."""),
+    ] = Path("outbox")
+    done: Annotated[
+        Path, _doc("Sources that were transcribed move here, keeping their relative path.")
+    ] = Path("done")
+    failed: Annotated[
+        Path, _doc("Sources that failed move here, each with `<name>.error.json` beside it.")
+    ] = Path("failed")
+    state_dir: Annotated[
+        Path,
+        _doc("""The journal (`journal.sqlite3`) and a lock file: one daemon per state_dir.
+        Keep it with the folders, or a restart cannot resume."""),
+    ] = Path("state")
+    backend: Annotated[
+        Literal["auto", "assemblyai", "local"],
+        _doc("`auto`: AssemblyAI when an API key is configured, the local engine otherwise."),
+    ] = "auto"
     watch: WatchSettings = field(default_factory=WatchSettings)
     assemblyai: AssemblyAISettings = field(default_factory=AssemblyAISettings)
-    transcription: dict[str, Any] = field(
-        default_factory=lambda: {"speech_models": list(DEFAULT_SPEECH_MODELS)}
-    )
+    transcription: Annotated[
+        dict[str, Any],
+        _doc("""Request fields sent unchanged with every `POST /v2/transcript` (`language_code`,
+        `speaker_labels`, `keyterms_prompt`, ...), so a new API option needs no code change.
+        `speech_models` is always sent (default below); `audio_url` is the daemon's
+        own."""),
+    ] = field(default_factory=lambda: {"speech_models": list(DEFAULT_SPEECH_MODELS)})
     output: OutputSettings = field(default_factory=OutputSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)

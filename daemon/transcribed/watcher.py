@@ -21,7 +21,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from transcribed.config import WatchSettings
 from transcribed.errors import LocalIOError
@@ -129,30 +129,34 @@ class Watcher:
         if current is None or (current.size, current.mtime_ns) != (info.st_size, info.st_mtime_ns):
             self._candidates[rel] = _Candidate(info.st_size, info.st_mtime_ns, now)
 
-    def _event(self, deleted: bool, raw_path: str) -> None:
-        path = Path(raw_path)
+    def _relative(self, raw_path: str) -> str | None:
         try:
-            rel = path.relative_to(self.inbox).as_posix()
+            return Path(raw_path).relative_to(self.inbox).as_posix()
         except ValueError:
-            return
-        if deleted:
-            self._candidates.pop(rel, None)
-            return
-        info = safe_lstat(path)
-        if info is None:
-            if (
-                path.is_dir()
-                and not path.is_symlink()
-                and not any(part.startswith(".") for part in Path(rel).parts)
-            ):
-                # A folder moved in brings files that get no events of their own.
-                task = asyncio.get_running_loop().create_task(self.scan(path))
-                self._scans.add(task)
-                task.add_done_callback(self._scans.discard)
-            return
-        if is_candidate_name(rel, self.settings.patterns):
-            self._note(rel, info, time.monotonic())
-            self._changed.set()
+            return None
+
+    async def _look_at(self, rels: list[str]) -> None:
+        """What changed, in one batch of ``lstat`` calls off the event loop: files become
+        candidates, and a folder moved in is scanned (its files get no events of their own)."""
+
+        def kinds() -> list[tuple[str, os.stat_result | None, bool]]:
+            out = []
+            for rel in rels:
+                path = self.inbox / rel
+                info = safe_lstat(path)
+                out.append((rel, info, info is None and path.is_dir() and not path.is_symlink()))
+            return out
+
+        now = time.monotonic()
+        for rel, info, is_folder in await asyncio.to_thread(kinds):
+            if is_folder:
+                if not any(is_hidden_dir(part) for part in PurePosixPath(rel).parts):
+                    task = asyncio.get_running_loop().create_task(self.scan(self.inbox / rel))
+                    self._scans.add(task)
+                    task.add_done_callback(self._scans.discard)
+            elif info is not None and is_candidate_name(rel, self.settings.patterns):
+                self._note(rel, info, now)
+                self._changed.set()
 
     async def settle(self) -> int:
         """Hand every settled candidate to the journal in one transaction; returns how many.
@@ -323,11 +327,18 @@ class Watcher:
                 if ready is not None:
                     ready.set()
             lost = False
+            touched: list[str] = []
             for change, raw_path in changes:
                 if raw_path == inbox and change == Change.deleted:
                     lost = True
+                elif (rel := self._relative(raw_path)) is None:
+                    continue
+                elif change == Change.deleted:
+                    self._candidates.pop(rel, None)
                 else:
-                    self._event(change == Change.deleted, raw_path)
+                    touched.append(rel)
+            if touched:
+                await self._look_at(touched)
             # An inbox removed (or re-mounted) under the watch may send no event at all.
             now = time.monotonic()
             if lost or now - last_check >= INBOX_CHECK_S:

@@ -603,3 +603,58 @@ async def test_the_watchdog_is_fed_only_while_every_part_is_alive() -> None:
             await keepalive
         manager.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- a full state_dir -------------------------------------------------------------------------
+@pytest.fixture
+def small_state_dir(folders: Folders) -> Any:
+    """state_dir on a 1 MiB tmpfs of its own, unmounted after the test whatever happens."""
+    import subprocess
+
+    folders.state.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folders.state)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folders.state
+    finally:
+        subprocess.run(["umount", "-l", str(folders.state)], check=False)
+
+
+async def test_a_full_state_dir_is_reported_and_files_are_taken_once_there_is_room(
+    folders: Folders, fake: FakeAssemblyAI, small_state_dir: Path
+) -> None:
+    settings = settings_for(
+        folders, fake, **{"http.listen": "127.0.0.1:0", "watch.rescan_interval_s": 3600.0}
+    )
+    async with running(Service(settings)) as run:
+        await asyncio.wait_for(run.service.watcher_ready.wait(), 30)
+        filler = small_state_dir / "filler"
+        with suppress(OSError), filler.open("wb") as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        sha = make_audio(folders.inbox / "while-full.mp3", seed="full")
+        await eventually(
+            lambda: any(e["event"] == "journal_write_failed" for e in run.logs), 30, "report"
+        )
+        await eventually(
+            lambda: any(
+                status == 503 and body["checks"]["intake"].startswith("cannot record new files")
+                for status, body in run.readyz
+            ),
+            10,
+            "a 503 naming the intake",
+        )
+        assert not run.task.done()
+        filler.unlink()
+        await eventually(lambda: (folders.outbox / "while-full.txt").exists(), 30, "transcript")
+        assert any(e["event"] == "journal_write_recovered" for e in run.logs)
+        assert sum(1 for e in run.logs if e["event"] == "journal_write_failed") == 1
+    assert (folders.outbox / "while-full.txt").read_text() == expected_text(sha) + "\n"
+    assert fake.counters.submits_by_sha256[sha] == 1
+    assert not [e for e in run.logs if e["event"] == "component_failed"]

@@ -238,16 +238,20 @@ class Journal:
             finally:
                 self._depth -= 1
             return
-        db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
-            yield db
-        except BaseException:
-            if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-                db.execute("ROLLBACK")
-            raise
-        else:
-            db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
+                    db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # The state_dir is full or failing: our own disk, not the file's fault.
+            raise LocalIOError(f"cannot write the journal {self.path}: {exc}") from exc
         finally:
             self._depth = 0
 

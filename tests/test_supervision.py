@@ -158,7 +158,7 @@ def _hold_one_upload(fake: FakeAssemblyAI) -> None:
 
 
 class Trap:
-    """Makes one method raise, once ``armed`` (or at once with ``armed_now``)."""
+    """Makes one method raise once ``armed`` is set."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -176,26 +176,13 @@ class Trap:
 
         return method
 
-    def sync_method(self, original: Callable[..., Any]) -> Any:
-        trap = self
-
-        def method(*args: Any, **kwargs: Any) -> Any:
-            if trap.armed.is_set():
-                trap.sprung += 1
-                raise trap.error
-            return original(*args, **kwargs)
-
-        return method
-
 
 async def _upload_in_flight(fake: FakeAssemblyAI) -> None:
     await fake.wait_until(lambda: fake.counters.uploads_completed >= 1, 30)
 
 
-async def _fails_loudly(
-    run: Run, part: str, folders: Folders, names: list[str], code: int = ExitCode.FAILED
-) -> None:
-    assert await asyncio.wait_for(asyncio.shield(run.task), 60) == code
+async def _fails_loudly(run: Run, part: str, folders: Folders, names: list[str]) -> None:
+    assert await asyncio.wait_for(asyncio.shield(run.task), 60) == ExitCode.FAILED
     failures = run.failures(part)
     assert len(failures) == 1, [e for e in run.logs if e["event"] == "component_failed"]
     assert failures[0]["error"]
@@ -267,14 +254,12 @@ async def test_a_dead_status_sweeper_stops_the_daemon_loudly(
     shas = _seed(folders, names)
     trap = Trap(RuntimeError("the sweeper broke"))
     if when == "start-up":
-        original_run = StatusTracker.run
 
         async def run_then_fail(self: StatusTracker) -> None:
             await trap.armed.wait()
             raise trap.error
 
         monkeypatch.setattr(StatusTracker, "run", run_then_fail)
-        del original_run
     else:
         monkeypatch.setattr(StatusTracker, "sweep", trap.async_method(StatusTracker.sweep))
     fake.hold_jobs()

@@ -249,8 +249,8 @@ class Watcher:
                 return
             events = asyncio.create_task(self._events(stop, ready))
             try:
-                # After the watch is set up, so that nothing written meanwhile is missed; a file
-                # seen by both is noted twice, which is harmless.
+                # At once, without waiting for the watch to be in place; _events scans again
+                # once it is. A file seen by both is noted twice, which is harmless.
                 await self.scan()
                 await events
             except OSError as exc:
@@ -323,6 +323,9 @@ class Watcher:
         ):
             if not started:
                 started = True
+                # The watch is certainly in place by its first answer; a file written between
+                # the first scan and then got no event: look once more.
+                await self.scan()
                 log.info("watcher_started", force_polling=self._polling)
                 if ready is not None:
                     ready.set()

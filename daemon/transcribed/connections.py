@@ -97,7 +97,8 @@ class ConnectionGuard:
         self.limits = limits
         self._metrics = metrics
         self._conns: dict[RequestHandler, _Conn] = {}
-        self._room = asyncio.Event()
+        #: Set when a connection ends or goes idle: ``_make_room`` looks again.
+        self._changed = asyncio.Event()
         self._full_logged = False
         metrics.http_connections.set_function(lambda: len(self._conns))
 
@@ -155,6 +156,7 @@ class ConnectionGuard:
             conn.busy -= 1
             if not conn.busy and conn.handler in self._conns:
                 self._set_idle(conn, self.limits.keepalive_timeout_s)
+                self._changed.set()  # one more idle connection that may make room
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _set_idle(self, conn: _Conn, timeout_s: float | None = None) -> None:
@@ -174,8 +176,7 @@ class ConnectionGuard:
         if conn is not None and conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
-        if len(self._conns) < self.limits.max_connections:
-            self._room.set()
+        self._changed.set()
 
     async def _make_room(self) -> None:
         """Return once there is room for one more connection, closing an idle one if due."""
@@ -184,7 +185,7 @@ class ConnectionGuard:
             if not self._full_logged:
                 self._full_logged = True
                 log.warning("http_connections_full", max_connections=self.limits.max_connections)
-            self._room.clear()
+            self._changed.clear()
             idle = [c for c in self._conns.values() if not c.busy and c.handler.transport]
             oldest = min(idle, key=lambda c: c.idle_since, default=None)
             wait_s: float | None = None
@@ -196,7 +197,7 @@ class ConnectionGuard:
                     wait_s = None
             try:
                 async with asyncio.timeout(wait_s):
-                    await self._room.wait()
+                    await self._changed.wait()
             except TimeoutError:
                 continue
         if self._full_logged and len(self._conns) < self.limits.max_connections // 2:

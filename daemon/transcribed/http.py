@@ -82,14 +82,15 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind and serve; ``ConfigError`` when the address cannot be used."""
-        guard = ConnectionGuard(self.limits, self._metrics)
+        limits = self.limits
+        guard = ConnectionGuard(limits, self._metrics)
         runner = web.AppRunner(
             self._app(guard),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            # aiohttp's own idle timer, a second line behind the guard's.
-            keepalive_timeout=self.limits.keepalive_timeout_s,
+            # aiohttp's own idle timer: a second line, behind the guard's.
+            keepalive_timeout=2 * max(limits.header_timeout_s, limits.keepalive_timeout_s),
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_LINE_BYTES,
             max_headers=MAX_HEADERS,

@@ -1,13 +1,14 @@
 """Prometheus metrics, one registry per daemon (so tests can run several in one process).
 
 :class:`LoopLagProbe` measures how late the event loop wakes a timer: the wall-clock lag, and
-the part of it the loop's own thread spent running (its CPU time). The second is what blocks
-the loop (a slow callback); the rest of the first is the machine being busy elsewhere.
+the part of it the loop's own work caused. The second is what blocks the loop (a slow
+callback); the rest of the first is the machine being busy elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -75,8 +76,8 @@ class Metrics:
         )
         self.loop_blocked = Histogram(
             "transcribed_event_loop_blocked_seconds",
-            "The part of each lag sample the loop's own thread spent running (its CPU time): "
-            "work that blocked the loop, as opposed to the machine being busy.",
+            "The part of each lag sample that the loop's own work caused (callbacks running or "
+            "blocking), leaving out time its thread waited for a busy CPU.",
             buckets=_LAG_BUCKETS,
             registry=r,
         )
@@ -108,9 +109,11 @@ class LoopLagProbe:
     """Samples the event loop's lag into ``metrics`` until cancelled.
 
     A sample is how much later than asked a sleep of ``interval_s`` returned, so a stall
-    shorter than ``interval_s`` may be under-reported by up to ``interval_s``. A stall of the
-    loop's own making (CPU time of its thread) of ``warn_s`` or more is also logged as
-    ``event_loop_blocked``.
+    shorter than ``interval_s`` may be under-reported by up to ``interval_s``. Its "blocked"
+    part leaves out the time the loop's thread waited for a CPU (Linux schedstat), which is the
+    machine being busy, not the loop: what remains is callbacks running or blocking in a call.
+    Without schedstat, the blocked part is the thread's CPU time only. A blocked part of
+    ``warn_s`` or more is also logged as ``event_loop_blocked``.
     """
 
     interval_s = 0.02
@@ -121,15 +124,46 @@ class LoopLagProbe:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            asked = loop.time() + self.interval_s
-            cpu = time.thread_time()
-            await asyncio.sleep(self.interval_s)
-            lag_s = max(0.0, loop.time() - asked)
-            blocked_s = min(lag_s, time.thread_time() - cpu)
-            self._metrics.loop_lag.observe(lag_s)
-            self._metrics.loop_blocked.observe(blocked_s)
-            if blocked_s >= self.warn_s:
-                log.warning(
-                    "event_loop_blocked", blocked_s=round(blocked_s, 3), lag_s=round(lag_s, 3)
-                )
+        waited = _RunQueueWait()
+        try:
+            while True:
+                asked = loop.time() + self.interval_s
+                cpu, queued = time.thread_time(), waited.seconds()
+                await asyncio.sleep(self.interval_s)
+                lag_s = max(0.0, loop.time() - asked)
+                if queued is not None and (now_queued := waited.seconds()) is not None:
+                    blocked_s = max(0.0, lag_s - (now_queued - queued))
+                else:
+                    blocked_s = min(lag_s, time.thread_time() - cpu)
+                self._metrics.loop_lag.observe(lag_s)
+                self._metrics.loop_blocked.observe(blocked_s)
+                if blocked_s >= self.warn_s:
+                    log.warning(
+                        "event_loop_blocked", blocked_s=round(blocked_s, 3), lag_s=round(lag_s, 3)
+                    )
+        finally:
+            waited.close()
+
+
+class _RunQueueWait:
+    """Total time this thread has waited for a CPU, from ``/proc/thread-self/schedstat``."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def seconds(self) -> float | None:
+        if self._fd is None:
+            return None
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

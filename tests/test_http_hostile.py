@@ -190,6 +190,20 @@ async def test_bad_webhook_input_is_a_4xx_and_leaves_no_traceback(
             head = post_head("/webhook", {WEBHOOK_HEADER: value}, 0)
             assert status_of(await raw_exchange(url, head)) == 401, value
 
+        # Requests aiohttp cannot parse: 400, and one debug line rather than a traceback.
+        malformed = [
+            b"\x00\xff\x16\x03\x01 not http\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n",
+            b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n",
+            b"POST /webhook HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            b"POST /webhook HTTP/1.1\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+        ]
+        for data in malformed:
+            assert status_of(await raw_exchange(url, data)) == 400, data[:40]
+
         # A 10 MB body is refused from its head alone: none of it is sent here.
         head = post_head("/webhook", {WEBHOOK_HEADER: "nope"}, TEN_MB)
         assert status_of(await raw_exchange(url, head)) == 401
@@ -442,11 +456,14 @@ async def _hold_connections(url: str, count: int) -> list[asyncio.StreamWriter]:
     return writers
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_d9_held_connections_cannot_exhaust_descriptors_while_files_flow(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, event_loop: str
 ) -> None:
-    """D9: 200 idle and half-sent connections against a daemon allowed 160 descriptors."""
-    config = write_config(folders, fake, **{"http.listen": "127.0.0.1:0"})
+    """D9: 300 idle and half-sent connections against a daemon allowed 160 descriptors."""
+    config = write_config(
+        folders, fake, **{"http.listen": "127.0.0.1:0", "daemon.event_loop": event_loop}
+    )
     daemon = LimitedDaemon(config, folders.root / "daemon.log", nofile=160)
     held: list[asyncio.StreamWriter] = []
     try:
@@ -523,6 +540,7 @@ async def test_fuzzing_the_webhook_and_metrics_neither_stops_nor_blocks_the_daem
 
             before = await scrape()
             one_byte_per_second = asyncio.create_task(_trickle(url, good))
+            slow_head = asyncio.create_task(_slow_head(url))
             cases: list[Awaitable[Any]] = [
                 post(b"{}", {}),
                 post(b"{}", {WEBHOOK_HEADER: "wrong"}),
@@ -533,6 +551,8 @@ async def test_fuzzing_the_webhook_and_metrics_neither_stops_nor_blocks_the_daem
                 post(b"[" * 60_000, good),
                 post(b"\xff not json", good),
                 post(b"[" * 30_000 + b"]" * 30_000, good),
+                raw_exchange(url, b"\x00\xff\x16\x03\x01 garbage\r\n\r\n"),
+                raw_exchange(url, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 100_000),
             ]
             fuzz = [asyncio.ensure_future(case) for case in cases]
             metrics_flood = [asyncio.create_task(scrape()) for _ in range(200)]
@@ -541,9 +561,11 @@ async def test_fuzzing_the_webhook_and_metrics_neither_stops_nor_blocks_the_daem
             assert status_of(results[2]) == 401
             assert results[3] in (401, 0)
             assert results[4] in (413, 0)
-            assert results[5:] == [400, 400, 400, 400]
+            assert results[5:9] == [400, 400, 400, 400]
+            assert [status_of(head) for head in results[9:]] == [400, 400]
             assert all(await asyncio.gather(*metrics_flood))
             assert status_of(await one_byte_per_second) == 408
+            assert await slow_head, "a request head sent one byte per second was not cut off"
 
             # The receiver still takes a real notification, and the job finishes.
             fake.release_jobs()
@@ -596,4 +618,24 @@ async def _trickle(url: str, headers: Mapping[str, str]) -> bytes:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
     finally:
+        writer.close()
+
+
+async def _slow_head(url: str) -> bool:
+    """A request head sent one byte per second: True once the daemon closes the connection."""
+    host, port = _host_port(url)
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def send() -> None:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: test\r\n" + b"X-Slow: x\r\n" * 100:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(1.0)
+
+    sender = asyncio.create_task(send())
+    try:
+        # The daemon's header timeout is 10 s; allow a busy machine three times that.
+        return await closed_by_server(reader, 30)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
         writer.close()

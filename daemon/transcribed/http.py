@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from transcribed.connections import ConnectionGuard, GuardLimits
@@ -41,6 +44,22 @@ SHUTDOWN_TIMEOUT_S = 5.0
 #: How long an unread request body is read and dropped after the answer, before closing (so
 #: that the client gets the answer rather than a reset).
 LINGER_S = 2.0
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, minus the traceback it logs for every malformed request.
+
+    A request aiohttp cannot parse (a line too long, a bad header, not HTTP at all) is the
+    client's fault and is answered with a 4xx; it is logged at debug level, in one line, so that
+    a hostile client cannot fill the log with tracebacks. Anything else is logged as before.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError):
+            log.debug("http_bad_request", status=error.code, reason=error.message)
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 class HttpServer:
@@ -95,6 +114,7 @@ class HttpServer:
             max_field_size=MAX_LINE_BYTES,
             max_headers=MAX_HEADERS,
             lingering_time=LINGER_S,
+            logger=_ServerLog(logging.getLogger("aiohttp.server")),
         )
         await runner.setup()
         try:

@@ -360,14 +360,14 @@ async def test_at_the_cap_with_every_connection_busy_a_new_client_waits_its_turn
 
 
 async def test_the_loop_probe_sees_a_blocked_loop() -> None:
-    """The instrument the daemon tests rely on: a 300 ms block shows up as such."""
+    """The instrument the daemon tests rely on: a 400 ms block shows up as such."""
     import time
 
     async with serving() as (_server, metrics):
         before = buckets(metrics.render().decode(), "transcribed_event_loop_blocked_seconds")
         await asyncio.sleep(0.1)  # let the probe take a sample first
         with capture_logs() as logs:
-            time.sleep(0.3)  # a deliberate block of the event loop
+            time.sleep(0.4)  # a deliberate block of the event loop
             await asyncio.sleep(0.1)
         after = buckets(metrics.render().decode(), "transcribed_event_loop_blocked_seconds")
     assert over(before, after, 0.1) == 1
@@ -460,11 +460,11 @@ async def _hold_connections(url: str, count: int) -> list[asyncio.StreamWriter]:
 async def test_d9_held_connections_cannot_exhaust_descriptors_while_files_flow(
     folders: Folders, fake: FakeAssemblyAI, event_loop: str
 ) -> None:
-    """D9: 300 idle and half-sent connections against a daemon allowed 160 descriptors."""
+    """D9: 300 idle and half-sent connections against a daemon allowed 100 descriptors."""
     config = write_config(
         folders, fake, **{"http.listen": "127.0.0.1:0", "daemon.event_loop": event_loop}
     )
-    daemon = LimitedDaemon(config, folders.root / "daemon.log", nofile=160)
+    daemon = LimitedDaemon(config, folders.root / "daemon.log", nofile=100)
     held: list[asyncio.StreamWriter] = []
     try:
         await daemon.start()
@@ -480,8 +480,10 @@ async def test_d9_held_connections_cannot_exhaust_descriptors_while_files_flow(
         for i, sha in enumerate(shas):
             assert (folders.outbox / f"f{i}.txt").read_text() == expected_text(sha) + "\n"
         assert not folders.failed.exists() or not any(folders.failed.iterdir())
-        # 64 connections at most, plus the one waiting for room.
-        assert daemon.client_sockets(_host_port(url)[1]) <= 64 + 1
+        # Half the descriptors at most (not the default 64), plus the one waiting for room.
+        started = next(e for e in daemon.events() if e["event"] == "http_started")
+        assert started["max_connections"] == 50
+        assert daemon.client_sockets(_host_port(url)[1]) <= 50 + 1
         async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as r:
             assert r.status == 200
             text = await r.text()
@@ -589,7 +591,9 @@ async def test_fuzzing_the_webhook_and_metrics_neither_stops_nor_blocks_the_daem
                 f"\nevent-loop lag during the fuzz: worst wall-clock lag <= {lag * 1000:g} ms, "
                 f"worst of it the loop's own work <= {blocked * 1000:g} ms"
             )
-        assert over(blocked_before, blocked_after, 0.1) == 0
+        # A sample may fall short of a stall by the probe's interval (50 ms): no sample over
+        # 50 ms means no stall over 100 ms.
+        assert over(blocked_before, blocked_after, 0.05) == 0
         assert _bad_lines(daemon) == []
         assert await daemon.signal(signal.SIGTERM) == 0
     finally:

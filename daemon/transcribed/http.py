@@ -6,8 +6,9 @@ backend usable) and 503 otherwise, naming the parts that are not. ``/metrics`` i
 text format, with the gauges that are cheaper to compute on demand refreshed first.
 
 The port is open to anyone who can reach it, so the connections it holds are bounded (see
-:mod:`transcribed.connections`): at most ``max_connections`` at once, each closed when it sends
-no complete request head within ``header_timeout_s`` of connecting or of its last answer.
+:mod:`transcribed.connections`): at most ``max_connections`` at once (and at most half the
+process's descriptor limit), each closed when it sends no complete request head within
+``header_timeout_s`` of connecting, or ``keepalive_timeout_s`` after its last answer.
 
 The server only reads what it is given; it never reaches into the service that owns it.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
+import resource
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,6 +47,14 @@ SHUTDOWN_TIMEOUT_S = 5.0
 #: How long an unread request body is read and dropped after the answer, before closing (so
 #: that the client gets the answer rather than a reset).
 LINGER_S = 2.0
+
+
+def _within_descriptor_limit(limits: GuardLimits) -> GuardLimits:
+    """At most half the process's descriptors for HTTP clients; the rest are for files."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft // 2:
+        return limits
+    return dataclasses.replace(limits, max_connections=max(1, soft // 2))
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -101,7 +112,7 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind and serve; ``ConfigError`` when the address cannot be used."""
-        limits = self.limits
+        limits = self.limits = _within_descriptor_limit(self.limits)
         guard = ConnectionGuard(limits, self._metrics)
         runner = web.AppRunner(
             self._app(guard),

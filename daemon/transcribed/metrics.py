@@ -116,7 +116,7 @@ class LoopLagProbe:
     ``warn_s`` or more is also logged as ``event_loop_blocked``.
     """
 
-    interval_s = 0.02
+    interval_s = 0.05
     warn_s = 0.1
 
     def __init__(self, metrics: Metrics) -> None:
@@ -128,7 +128,8 @@ class LoopLagProbe:
         try:
             while True:
                 asked = loop.time() + self.interval_s
-                cpu, queued = time.thread_time(), waited.seconds()
+                queued = waited.seconds()
+                cpu = time.thread_time() if queued is None else 0.0
                 await asyncio.sleep(self.interval_s)
                 lag_s = max(0.0, loop.time() - asked)
                 if queued is not None and (now_queued := waited.seconds()) is not None:

@@ -7,7 +7,8 @@ the transcript itself. Polling stays on at a low rate, so a lost notification on
 
 Anyone who can reach the port can send anything, so bad input is answered with a 4xx and never
 raises: a body over ``MAX_BODY_BYTES`` is 413, a body not sent within ``BODY_TIMEOUT_S`` is 408,
-and a body that is not a small JSON object naming both fields is 400.
+and a body that is not a small JSON object naming both fields is 400. Refusals are logged as
+``webhook_refused``, at most one line per 10 s with a count of those left out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +74,27 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+class _Refusals:
+    """Logs refused notifications at most once per ``interval_s``, counting the rest.
+
+    Anyone can send requests without the secret; one log line each would let them fill the log.
+    """
+
+    interval_s = 10.0
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def log(self, reason: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._suppressed += 1
+            return
+        log.warning("webhook_refused", reason=reason, suppressed=self._suppressed, **fields)
+        self._last, self._suppressed = now, 0
+
+
 def secret_matches(given: str, secret: str) -> bool:
     """Constant-time comparison of the header with the secret, for any bytes the header has."""
     # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: keep them as bytes.
@@ -92,19 +115,20 @@ def webhook_routes(
     notify: Callable[[str, str], object],
 ) -> list[web.RouteDef]:
     """Routes to add to the daemon's HTTP app."""
+    refusals = _Refusals()
 
     async def receive(request: web.Request) -> web.Response:
         if not secret_matches(request.headers.get(header, ""), secret):
-            log.warning("webhook_refused", reason="bad secret", remote=request.remote)
+            refusals.log("bad secret", remote=request.remote)
             # Read nothing more from someone without the secret: answer and close.
             return _refuse(401, "unauthorized", close=True)
         try:
             transcript_id, status = parse_notification(await read_body(request))
         except BadBodyError as exc:
-            log.warning("webhook_refused", reason=str(exc), remote=request.remote)
+            refusals.log(str(exc), remote=request.remote)
             return _refuse(exc.status, str(exc), close=exc.status != 400)
         if not is_ours(transcript_id):
-            log.warning("webhook_refused", reason="unknown transcript", transcript_id=transcript_id)
+            refusals.log("unknown transcript", transcript_id=transcript_id[:100])
             return _refuse(404, "unknown transcript")
         notify(transcript_id, status)
         log.debug("webhook_received", transcript_id=transcript_id, status=status)

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from transcribed.errors import TranscribedError
 from transcribed.logs import get_logger
 
 log = get_logger("transcribed.webhooks")
@@ -32,7 +33,7 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_S = 10.0
 
 
-class BadBodyError(Exception):
+class BadBodyError(TranscribedError):
     """The body is not a notification; ``status`` is the answer to give."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -53,7 +54,7 @@ def parse_notification(body: bytes) -> tuple[str, str]:
     transcript_id, status = data.get("transcript_id"), data.get("status")
     if not isinstance(transcript_id, str) or not isinstance(status, str):
         raise BadBodyError(400, "expected transcript_id and status")
-    return str(transcript_id), status
+    return transcript_id, status
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -26,6 +26,7 @@ from typing import Any
 import mutagen
 
 from bench.backlog import (
+    During,
     Outcome,
     best_of,
     run_client,
@@ -87,7 +88,7 @@ class Dropped:
     """Backlog uploads that had finished before it appeared."""
 
 
-def _dropper(file: Path, size: MixedSize, total_bytes: int, dropped: Dropped) -> Any:
+def _dropper(file: Path, total_bytes: int, dropped: Dropped) -> During:
     """Drops ``file`` into the inbox once a quarter of the backlog's bytes are uploaded."""
 
     def during(fake: FakeServer, folders: Folders, child: Child) -> None:
@@ -153,7 +154,7 @@ def run(quick: bool) -> list[Table]:
             size.service,
             root / "dropped",
             timeout_s,
-            during=_dropper(extra, size, sum(sizes.values()), dropped),
+            during=_dropper(extra, sum(sizes.values()), dropped),
             until_outputs=len(files) + 1,
         )
     dropped_sha = _sha256(extra)

@@ -33,6 +33,7 @@ from fakeapi import (
     fake_text_for,
     looks_like_audio,
 )
+from fakeapi.__main__ import config_from_args
 from fakeapi.content import audio_ms_of
 
 KEY = "test-key"
@@ -840,3 +841,12 @@ async def test_jobs_over_the_cap_start_first_in_first_out(
     finished = [r.completed for r in done]
     assert None not in finished
     assert finished == sorted(finished)  # type: ignore[type-var]
+
+
+def test_the_command_line_sets_the_services_shape() -> None:
+    config = config_from_args(
+        ["--latency-s", "3", "--latency-per-audio-s", "0.005", "--upload-bandwidth-bps", "8e6"]
+    )
+    assert (config.latency_s, config.latency_per_audio_s) == (3.0, 0.005)
+    assert config.upload_bandwidth_bps == 8e6
+    assert config_from_args([]).upload_bandwidth_bps is None

@@ -3,7 +3,9 @@ finished jobs, and what it does to when a long job is looked at."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Any
 
 import pytest
@@ -108,3 +110,20 @@ def test_a_two_hour_job_is_looked_at_within_5_percent_of_its_processing_time() -
     # Also when it finishes a little earlier or later than expected.
     for off in (0.97, 1.03):
         assert found_after_s(tracker, started, off * truth) <= 0.05 * truth
+
+
+async def test_what_a_finished_job_teaches_replans_the_next_sweep() -> None:
+    tracker, now = _tracker(), time.time()
+    truth = service_s(2 * HOUR)
+    tracker.watch("lecture", now - truth + 0.2, 2 * HOUR)  # done in 0.2 s; expected in 680 s
+    shorter = log_spread(30, 60, 100 * 60)
+    for index, duration in enumerate(shorter):  # they plan no sweep: just finished
+        tracker.watch(f"t{index}", now - service_s(duration), None, duration_pending=True)
+    waiting = asyncio.create_task(tracker._wait_for_next_sweep())  # planned 20 s away
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    for index, duration in enumerate(shorter):
+        tracker.observe(f"t{index}", duration)
+        tracker.forget(f"t{index}")
+    # Now due in 0.2 s: the sweep comes then, not at the old plan's 20 s.
+    await asyncio.wait_for(waiting, timeout=10)

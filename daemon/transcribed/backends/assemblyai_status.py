@@ -167,6 +167,9 @@ class StatusTracker:
             return
         took_s = time.time() - (entry.started_at or entry.submitted_at)
         self.processing.observe(duration_s, took_s)
+        # The next sweep was planned by the old expectation, a moment before this job was
+        # fetched: plan it again (a long job may now be due long before that).
+        self._changed.set()
 
     # -- registration ----------------------------------------------------------------------
     def due_at(self, entry: _Watch, now: float) -> float:

@@ -189,8 +189,8 @@ def _results(
         f"{size.latency_s:g} s + {size.latency_per_audio_s * 3600:g} s per audio hour",
         [
             "contender", "wall s", "all rounds s", "reference s", "wall/reference", "target",
-            "result", "longest file's upload starts s", "last completion s", "HTTP req/job",
-            "transcripts",
+            "result", "longest file's upload starts s", "uploads done s", "upload MB/s",
+            "last completion s", "HTTP req/job", "transcripts",
         ],
     )  # fmt: skip
     problem = webhook_problem(webhooks)
@@ -201,6 +201,14 @@ def _results(
         if outcome is webhooks and problem:
             result = f"n/a ({problem})"
         start = next((u.start for u in outcome.uploads if u.sha256 == longest_sha), None)
+        uploads = outcome.uploads
+        first = min((u.start for u in uploads), default=None)
+        done = max((u.end for u in uploads), default=None)
+        rate = (
+            sum(u.size for u in uploads) / (done - first) / 1e6
+            if first is not None and done is not None and done > first
+            else None
+        )
         timeline = outcome.timeline
         last = timeline.completed[-1] if timeline and timeline.completed else None
         table.add(
@@ -212,6 +220,8 @@ def _results(
             f"<= {TARGET:g}x" if judged else "-",
             result,
             fmt(None if start is None else start - outcome.process_started_at, 2),
+            fmt(None if done is None else done - outcome.process_started_at, 2),
+            fmt(rate, 2),
             fmt(last, 2),
             fmt(outcome.requests_per_job),
             f"{outcome.done}/{outcome.ran_files}"
@@ -225,7 +235,9 @@ def _results(
         "run --once with the default settings (folders, API URL; webhooks: webhook_url and "
         "the http.listen its receiver needs); the recordings are an hour old, so settled.",
         "longest file's upload starts: when the fake's handler for the longest recording's "
-        "upload was entered, seconds after the process started.",
+        "upload was entered, seconds after the process started; uploads done: when the last "
+        "upload's body was read; upload MB/s: all bytes over first upload start to last "
+        f"upload end (the link gives {size.bandwidth_bps / 1e6:g}).",
     ]
     for outcome in outcomes:
         table.notes += [f"{outcome.name}: {line}" for line in outcome.problems]

@@ -2,7 +2,7 @@
 
     python -m bench [--only backlog,budget] [--quick] [--out bench/results.md]
 
-Scenarios (each its own module): backlog, big_upload, detection, startup, budget, local.
+Scenarios (each its own module): backlog, mixed, big_upload, detection, startup, budget, local.
 A scenario that crashes is reported as such and the others still run; misses of a target are
 printed, never hidden, and do not change the exit status (these are benchmarks, not tests).
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import transcribed
 from bench.common import REPO, Table
 
-SCENARIOS = ("backlog", "big_upload", "detection", "startup", "budget", "local")
+SCENARIOS = ("backlog", "mixed", "big_upload", "detection", "startup", "budget", "local")
 DEFAULT_OUT = REPO / "bench" / "results.md"
 
 

@@ -105,7 +105,7 @@ def daemon_round(big: Path, root: Path, size: int) -> Round:
     folders = Folders.make(root)
     os.link(big, folders.inbox / big.name)
     with FakeServer(latency_s=0.2, concurrency=5, log_path=root / "fake.log") as fake:
-        config = write_daemon_config(folders, fake.base_url, {"watch.settle_s": 0.5})
+        config = write_daemon_config(folders, fake.base_url)  # default settings: it is aged
         child = start_daemon(folders, config, once=True)
         return _measure(child, fake, size, timeout_s=600)
 

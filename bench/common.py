@@ -254,11 +254,24 @@ class Counters:
 
 
 class FakeServer:
-    """``with FakeServer(latency_s=5, concurrency=200) as fake:`` runs a fresh fake process."""
+    """``with FakeServer(latency_s=5, concurrency=200) as fake:`` runs a fresh fake process.
 
-    def __init__(self, *, latency_s: float, concurrency: int, log_path: Path | None = None) -> None:
+    ``latency_per_audio_s`` adds processing time per second of audio; ``upload_bandwidth_bps``
+    caps all uploads together (see ``fakeapi.FakeConfig``)."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float,
+        concurrency: int,
+        log_path: Path | None = None,
+        latency_per_audio_s: float = 0.0,
+        upload_bandwidth_bps: float | None = None,
+    ) -> None:
         self.latency_s = latency_s
         self.concurrency = concurrency
+        self.latency_per_audio_s = latency_per_audio_s
+        self.upload_bandwidth_bps = upload_bandwidth_bps
         self.log_path = log_path
         self.base_url = ""
         self.control_url = ""
@@ -269,7 +282,10 @@ class FakeServer:
         argv = [
             PYTHON, "-m", "bench.fake_server", "--api-key", API_KEY,
             "--latency-s", str(self.latency_s), "--concurrency", str(self.concurrency),
+            "--latency-per-audio-s", str(self.latency_per_audio_s),
         ]  # fmt: skip
+        if self.upload_bandwidth_bps:
+            argv += ["--upload-bandwidth-bps", str(self.upload_bandwidth_bps)]
         self._log = self.log_path.open("ab") if self.log_path else None
         stderr = self._log if self._log is not None else subprocess.DEVNULL
         child = Child(argv, env=clean_env(), stdout=subprocess.PIPE, stderr=stderr)

@@ -1,6 +1,8 @@
 """The fake AssemblyAI server in its own process, with a small control endpoint for benchmarks.
 
     python -m bench.fake_server --latency-s 5 --concurrency 200 --api-key KEY
+    python -m bench.fake_server --latency-s 3 --latency-per-audio-s 0.00556 \
+        --upload-bandwidth-bps 8e6 --concurrency 200 --api-key KEY
 
 Prints one JSON line once it listens: ``{"base_url": ..., "control_url": ...}``. The control
 server (a second port on the same event loop) answers:
@@ -145,14 +147,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-key", action="append", dest="api_keys", required=True)
     parser.add_argument("--latency-s", type=float, default=0.2)
+    parser.add_argument("--latency-per-audio-s", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=5)
+    parser.add_argument("--upload-bandwidth-bps", type=float, default=None)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     config = FakeConfig(
         api_keys=tuple(args.api_keys),
         port=args.port,
         latency_s=args.latency_s,
+        latency_per_audio_s=args.latency_per_audio_s,
         concurrency=args.concurrency,
+        upload_bandwidth_bps=args.upload_bandwidth_bps,
     )
     asyncio.run(serve(config))
 

@@ -33,9 +33,12 @@ from fakeapi import (
     fake_text_for,
     looks_like_audio,
 )
+from fakeapi.__main__ import config_from_args
+from fakeapi.content import audio_ms_of
 
 KEY = "test-key"
 OTHER_KEY = "other-key"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 MODELS = ["universal-3-pro"]
 TRANSCRIPT_REQUIRED = (
     "id", "speech_model", "language_model", "acoustic_model", "status", "audio_url",
@@ -788,3 +791,62 @@ async def test_official_sdk_transcribes_against_the_fake(
     assert {t.text for t in group.transcripts} == {expected[str(p)] for p in paths[1:]}
     assert fake.counters.uploads_completed == 4
     assert {tuple(r.params) for r in fake.transcripts.values()} == {("audio_url", "speech_models")}
+
+
+# -- the service's shape: audio length, processing time, the FIFO queue ------------------------
+
+#: MPEG-2 layer III, 16 kbps, 16 kHz, mono: 72-byte frames of 36 ms, 2000 bytes per second.
+CBR_16K_FRAME = b"\xff\xf3\x28\xc0" + bytes(68)
+
+
+def test_an_mp3s_length_comes_from_its_header() -> None:
+    kitchen = (SAMPLES / "kitchen.mp3").read_bytes()
+    # LAME's Info frame counts 126 frames of 576 samples at 16 kHz; the 16 kB/s rule would
+    # say 1.1 s for these 18 kB.
+    assert audio_ms_of(kitchen[:65536], len(kitchen)) == 4536
+    # No Info frame: constant bitrate, so the length follows from the size.
+    hour = 3600 * 2000
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x00"
+    assert audio_ms_of(tag + CBR_16K_FRAME * 100, len(tag) + hour) == 3_600_000
+    # Random bytes behind an ID3 header are no MP3 stream: the size rule holds.
+    assert audio_ms_of(mp3_bytes(48_000), 48_000) == 3000
+
+
+async def test_processing_time_grows_with_the_mp3s_length_read_from_its_header(
+    fake: FakeAssemblyAI, client: aiohttp.ClientSession
+) -> None:
+    fake.config.latency_s, fake.config.latency_per_audio_s = 3.0, 20 / 3600
+    assert fake.processing_s(3_600_000) == pytest.approx(23.0)  # 3 s + 20 s per audio hour
+    fake.config.latency_s, fake.config.latency_per_audio_s = 0.0, 0.1
+    data = (SAMPLES / "kitchen.mp3").read_bytes()
+    job = await submit(client, await upload(client, data))
+    record = await fake.wait_for_status(job["id"])
+    assert record.upload is not None and record.upload.audio_ms == 4536
+    assert record.completed is not None
+    # 0.1 x 4.536 s of audio; the size rule would have given 0.11 s.
+    assert (record.completed - record.created).total_seconds() >= 0.45
+    _, transcript = await get_json(client, f"/v2/transcript/{job['id']}")
+    assert transcript["audio_duration"] == 4
+
+
+async def test_jobs_over_the_cap_start_first_in_first_out(
+    fake: FakeAssemblyAI, client: aiohttp.ClientSession
+) -> None:
+    fake.config.concurrency = 1
+    fake.hold_jobs()
+    jobs = [await submit(client, await upload(client, mp3_bytes(seed=i))) for i in range(4)]
+    assert [fake.transcripts[j["id"]].status for j in jobs] == ["processing"] + ["queued"] * 3
+    fake.release_jobs()
+    done = [await fake.wait_for_status(j["id"]) for j in jobs]
+    finished = [r.completed for r in done]
+    assert None not in finished
+    assert finished == sorted(finished)  # type: ignore[type-var]
+
+
+def test_the_command_line_sets_the_services_shape() -> None:
+    config = config_from_args(
+        ["--latency-s", "3", "--latency-per-audio-s", "0.005", "--upload-bandwidth-bps", "8e6"]
+    )
+    assert (config.latency_s, config.latency_per_audio_s) == (3.0, 0.005)
+    assert config.upload_bandwidth_bps == 8e6
+    assert config_from_args([]).upload_bandwidth_bps is None

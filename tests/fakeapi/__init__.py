@@ -3,6 +3,7 @@
 from fakeapi.content import (
     BYTES_PER_SECOND,
     audio_duration_for,
+    audio_ms_of,
     describe_file_type,
     fake_text_for,
     looks_like_audio,
@@ -44,6 +45,7 @@ __all__ = [
     "TranscriptRecord",
     "UploadRecord",
     "audio_duration_for",
+    "audio_ms_of",
     "describe_file_type",
     "fake_text_for",
     "looks_like_audio",

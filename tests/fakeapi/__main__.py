@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--latency-s", type=float, default=0.2, help="processing time of a job")
     add("--latency-per-audio-s", type=float, default=0.0, help="extra per second of audio")
     add("--concurrency", type=int, default=5, help="jobs processed at once per key")
+    add("--upload-bandwidth-bps", type=float, help="bytes/s all uploads share; default: no limit")
     add("--fault-rate", type=float, default=0.0, help="fraction of requests faulted, 0..1")
     add("--fault-kinds", default=",".join(FAULT_KINDS), help="comma-separated fault kinds")
     add("--fault-endpoints", default="", help="comma-separated 'METHOD /route'; empty: all")
@@ -56,6 +57,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeConfig:
         latency_s=args.latency_s,
         latency_per_audio_s=args.latency_per_audio_s,
         concurrency=args.concurrency,
+        upload_bandwidth_bps=args.upload_bandwidth_bps,
         faults=faults,
         error_for=set(args.error_for),
         webhook_retry_delay_s=args.webhook_retry_delay_s,

@@ -10,8 +10,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from fakeapi.mp3 import mp3_duration_ms
+
 BYTES_PER_SECOND = 16_000
-"""The fake's rule for audio length: 16 kB of upload is one second of audio."""
+"""The fake's rule for the length of an upload that is not a parsable MP3: 16 kB of upload is
+one second of audio. An MP3 has the length its header says (see `audio_ms_of`)."""
 MIN_AUDIO_MS = 160
 SNIFF_BYTES = 64
 """How many leading bytes of an upload the fake keeps to decide whether it is audio."""
@@ -83,6 +86,13 @@ def audio_duration_for(size: int) -> int:
     return max(1, size // BYTES_PER_SECOND)
 
 
+def audio_ms_of(prefix: bytes, size: int) -> int:
+    """Length in ms of an upload: from its MP3 header when ``prefix`` (its first bytes) has
+    one, else by the 16 kB/s rule."""
+    from_header = mp3_duration_ms(prefix, size)
+    return audio_ms_for(size) if from_header is None else from_header
+
+
 @dataclass(frozen=True, slots=True)
 class FakeResult:
     """The content of a completed transcript."""
@@ -93,11 +103,13 @@ class FakeResult:
     audio_duration: int
 
 
-def transcribe(data_sha256: str, size: int) -> FakeResult:
-    """The deterministic result for content of this sha256 and size."""
+def transcribe(data_sha256: str, size: int, audio_ms: int | None = None) -> FakeResult:
+    """The deterministic result for content of this sha256 and size, `audio_ms` long (by
+    default as the 16 kB/s rule says)."""
     digest = bytes.fromhex(data_sha256)
     tokens = fake_text_for(data_sha256).split(" ")
-    slot_ms = max(audio_ms_for(size), MIN_AUDIO_MS) // len(tokens)
+    length_ms = audio_ms_for(size) if audio_ms is None else audio_ms
+    slot_ms = max(length_ms, MIN_AUDIO_MS) // len(tokens)
     words: tuple[dict[str, Any], ...] = tuple(
         {
             "text": token,
@@ -110,7 +122,7 @@ def transcribe(data_sha256: str, size: int) -> FakeResult:
         for i, token in enumerate(tokens)
     )
     confidence = round(sum(w["confidence"] for w in words) / len(words), 4)
-    return FakeResult(" ".join(tokens), words, confidence, audio_duration_for(size))
+    return FakeResult(" ".join(tokens), words, confidence, max(1, length_ms // 1000))
 
 
 def sha256_hex(data: bytes) -> str:

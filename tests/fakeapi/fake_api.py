@@ -4,7 +4,10 @@
         ...  # point a client at fake.base_url
 
 Jobs move queued -> processing -> completed/error on the server's own loop, at most
-`concurrency` at once per account (one account per API key); see `FakeConfig`.
+`concurrency` at once per account (one account per API key), the others waiting in a first in,
+first out queue. Processing takes `latency_s` plus `latency_per_audio_s` per second of audio
+(an MP3's length is read from its header). `upload_bandwidth_bps` caps all uploads together,
+shared fairly. See `FakeConfig`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fakeapi import faults
 from fakeapi.content import (
     MIN_AUDIO_MS,
     SNIFF_BYTES,
-    audio_ms_for,
+    audio_ms_of,
     describe_file_type,
     looks_like_audio,
     transcribe,
@@ -38,8 +41,10 @@ from fakeapi.content import (
 from fakeapi.counters import DROPPED, FakeCounters
 from fakeapi.faults import FaultConfig, FaultInjector
 from fakeapi.handlers import Routes, error_response
+from fakeapi.mp3 import PREFIX_BYTES
 from fakeapi.records import CDN_UPLOAD_PREFIX, TranscriptRecord, UploadRecord, utc_now
 from fakeapi.schema import ParamsError, validate_params
+from fakeapi.uplink import SharedUplink
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +64,11 @@ class FakeConfig:
     latency_s: float = 0.2
     """Time a job spends in "processing"."""
     latency_per_audio_s: float = 0.0
-    """Extra processing time per second of audio."""
+    """Extra processing time per second of audio (20 / 3600: 20 s per audio hour)."""
     concurrency: int = 5
     """Jobs processed at once per account; the rest stay "queued", first in first out."""
+    upload_bandwidth_bps: float | None = None
+    """Bytes per second that all uploads together may send, shared fairly; None: no limit."""
     concurrency_by_key: dict[str, int] = field(default_factory=dict)
     faults: FaultConfig = field(default_factory=FaultConfig)
     error_for: set[str] = field(default_factory=set)
@@ -83,6 +90,7 @@ class FakeAssemblyAI:
         self.uploads: dict[str, UploadRecord] = {}
         self.background_errors: list[BaseException] = []
         self._faults = FaultInjector()
+        self._uplink = SharedUplink()
         self._seq = itertools.count(1)
         self._queues: defaultdict[str, deque[TranscriptRecord]] = defaultdict(deque)
         self._running: Counter[str] = Counter()
@@ -286,23 +294,31 @@ class FakeAssemblyAI:
     # -- uploads and submits -------------------------------------------------------------
 
     async def receive_upload(self, request: web.Request, account: str) -> web.Response:
-        """Stream an upload body, keeping only its size, sha256 and first bytes."""
+        """Stream an upload body at the shared bandwidth, keeping only its size, sha256,
+        first bytes and audio length."""
         self.counters.uploads_started += 1
-        digest, size, head = hashlib.sha256(), 0, b""
+        digest, size, prefix = hashlib.sha256(), 0, b""
         try:
             async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
                 self.counters.upload_bytes += len(chunk)
-                if len(head) < SNIFF_BYTES:
-                    head = (head + chunk)[:SNIFF_BYTES]
+                if len(prefix) < PREFIX_BYTES:
+                    prefix = (prefix + chunk)[:PREFIX_BYTES]
+                self._notify()  # `wait_until` can follow an upload's progress
+                await self._uplink.take(len(chunk), self.config.upload_bandwidth_bps)
         except (ConnectionError, HttpProcessingError):
             self.counters.uploads_aborted += 1
             return faults.drop(request)
         if size == 0:
             return error_response(400, "Upload failed: the request body is empty")
         upload = UploadRecord(
-            CDN_UPLOAD_PREFIX + str(uuid.uuid4()), account, size, digest.hexdigest(), head
+            CDN_UPLOAD_PREFIX + str(uuid.uuid4()),
+            account,
+            size,
+            digest.hexdigest(),
+            prefix[:SNIFF_BYTES],
+            audio_ms_of(prefix, size),
         )
         self.uploads[upload.upload_url] = upload
         self.counters.uploads_completed += 1
@@ -371,13 +387,17 @@ class FakeAssemblyAI:
             self._spawn(self._deliver_webhook(record))
 
     def _latency_for(self, record: TranscriptRecord) -> float:
-        audio_s = audio_ms_for(record.upload.size) / 1000 if record.upload else 0.0
-        return self.config.latency_s + self.config.latency_per_audio_s * audio_s
+        return self.processing_s(record.upload.audio_ms if record.upload else 0)
+
+    def processing_s(self, audio_ms: int) -> float:
+        """How long a job on `audio_ms` of audio stays "processing", as configured now."""
+        return self.config.latency_s + self.config.latency_per_audio_s * audio_ms / 1000
 
     def _finish(self, record: TranscriptRecord) -> None:
         error = self._failure_of(record)
         if error is None and record.upload is not None:
-            record.result = transcribe(record.upload.sha256, record.upload.size)
+            upload = record.upload
+            record.result = transcribe(upload.sha256, upload.size, upload.audio_ms)
             record.status = "completed"
         else:
             record.error, record.status = error, "error"
@@ -396,7 +416,7 @@ class FakeAssemblyAI:
                 "Transcoding failed. File does not appear to contain audio. "
                 f"File type is {describe_file_type(upload.head)}."
             )
-        if audio_ms_for(upload.size) < MIN_AUDIO_MS:
+        if upload.audio_ms < MIN_AUDIO_MS:
             return f"Audio duration is too short. The minimum is {MIN_AUDIO_MS} ms."
         if upload.sha256 in self.config.error_for:
             return self.config.error_message

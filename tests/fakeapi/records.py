@@ -32,13 +32,15 @@ def utc_now() -> datetime:
 
 @dataclass(slots=True)
 class UploadRecord:
-    """One finished upload: only its size, hash and first bytes are kept."""
+    """One finished upload: only its size, hash, first bytes and length are kept."""
 
     upload_url: str
     account: str
     size: int
     sha256: str
     head: bytes
+    audio_ms: int = 0
+    """The audio's length, from its MP3 header or the 16 kB/s rule (see `audio_ms_of`)."""
     created: datetime = field(default_factory=utc_now)
 
 

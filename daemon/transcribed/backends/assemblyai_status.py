@@ -11,14 +11,18 @@ Jobs waiting for a transcript register here and wait on an event. Three things s
 - the job's own fallback poll, at a low rate, for anything the other two miss.
 
 When a job's transcript is seen finished, the job fetches it once. Expected processing time
-comes from the audio duration (read from the file's header) and is corrected by what the
-service actually took, from the start of processing, for earlier jobs.
+is a fixed part plus a share per second of audio (the duration read from the file's header);
+both are learned from what the service actually took, from the start of processing, for the
+recent jobs (:class:`ProcessingTime`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,16 @@ CREATED_MARGIN_S = 60.0
 #: A first guess of processing time: a fixed part plus a share of the audio's length.
 PRIOR_BASE_S = 3.0
 PRIOR_RATIO = 0.1
-LEARN_WEIGHT = 0.3
+#: How many recent finished jobs the processing-time fit remembers.
+LEARN_WINDOW = 64
+#: Audio seconds between the shortest and longest remembered job below which they say
+#: nothing about the share per audio second (only the fixed part is learned then).
+MIN_SPREAD_S = 30.0
+#: The fixed part is never expected below this.
+MIN_BASE_S = 0.5
+#: Residuals beyond this many (normal-scaled) median absolute deviations are outliers: a job
+#: found late by a safety poll, a slow spell of the service.
+OUTLIER_MADS = 3.0
 FINISHED = frozenset({"completed", "error"})
 
 
@@ -56,6 +69,64 @@ def audio_duration_s(path: Path) -> float | None:
         return None
     length = getattr(getattr(info, "info", None), "length", None)
     return float(length) if isinstance(length, int | float) and length > 0 else None
+
+
+class ProcessingTime:
+    """How long the service takes to process a job: ``base_s + ratio * audio seconds``.
+
+    Both parts are fitted to the last ``LEARN_WINDOW`` finished jobs: a least-squares line,
+    refitted once without the outliers, when the jobs' lengths spread enough to tell the parts
+    apart; otherwise the share per audio second is kept and the fixed part is the median of
+    what the jobs took beyond it. The prior counts as one observation of the fixed part.
+    """
+
+    def __init__(self) -> None:
+        self.base_s = PRIOR_BASE_S
+        self.ratio = PRIOR_RATIO
+        self._seen: deque[tuple[float, float]] = deque(maxlen=LEARN_WINDOW)
+
+    def expected_s(self, duration_s: float | None) -> float:
+        return self.base_s + self.ratio * (duration_s or 0.0)
+
+    def observe(self, duration_s: float | None, took_s: float) -> None:
+        """A job of ``duration_s`` of audio (None: unknown, taken as short) took ``took_s``."""
+        self._seen.append((duration_s or 0.0, max(0.0, took_s)))
+        line = _robust_line(self._seen)
+        if line is not None:
+            self.ratio = max(0.0, line[1])
+        beyond = statistics.median(y - self.ratio * x for x, y in self._seen)
+        n = len(self._seen)
+        self.base_s = max(MIN_BASE_S, (PRIOR_BASE_S + n * beyond) / (n + 1))
+
+
+def _line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = a + b x`` (the xs must not all be equal)."""
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    slope = sxy / sxx
+    return mean_y - slope * mean_x, slope
+
+
+def _spread(points: Sequence[tuple[float, float]]) -> float:
+    xs = [x for x, _ in points]
+    return max(xs) - min(xs)
+
+
+def _robust_line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """The line through ``points`` without its outliers; None if their lengths are too close."""
+    if len(points) < 2 or _spread(points) < MIN_SPREAD_S:
+        return None
+    base, ratio = _line(points)
+    residuals = [y - base - ratio * x for x, y in points]
+    center = statistics.median(residuals)
+    mad = statistics.median(abs(r - center) for r in residuals) * 1.4826
+    limit = OUTLIER_MADS * max(mad, 0.05)
+    kept = [p for p, r in zip(points, residuals, strict=True) if abs(r - center) <= limit]
+    if len(kept) < len(points) and len(kept) >= 2 and _spread(kept) >= MIN_SPREAD_S:
+        return _line(kept)
+    return base, ratio
 
 
 @dataclass
@@ -79,24 +150,26 @@ class StatusTracker:
         self.webhooks = webhooks
         self._watches: dict[str, _Watch] = {}
         self._changed = asyncio.Event()
-        self._base_s = PRIOR_BASE_S
+        self.processing = ProcessingTime()
         self.sweeping = not webhooks
         self._last_pages = 1
         self._last_sweep_at = time.time()
 
     # -- expectations ----------------------------------------------------------------------
     def expected_s(self, duration_s: float | None) -> float:
-        return self._base_s + PRIOR_RATIO * (duration_s or 0.0)
+        return self.processing.expected_s(duration_s)
 
     def observe(self, transcript_id: str, duration_s: float | None) -> None:
         """Learn from a job seen finished just now how long the service takes to process
-        beyond the audio share (time spent queued for a slot does not count)."""
+        (time spent queued for a slot does not count)."""
         entry = self._watches.get(transcript_id)
         if entry is None:
             return
         took_s = time.time() - (entry.started_at or entry.submitted_at)
-        base = max(0.5, took_s - PRIOR_RATIO * (duration_s or 0.0))
-        self._base_s += LEARN_WEIGHT * (base - self._base_s)
+        self.processing.observe(duration_s, took_s)
+        # The next sweep was planned by the old expectation, a moment before this job was
+        # fetched: plan it again (a long job may now be due long before that).
+        self._changed.set()
 
     # -- registration ----------------------------------------------------------------------
     def due_at(self, entry: _Watch, now: float) -> float:

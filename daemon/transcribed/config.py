@@ -189,6 +189,8 @@ class HttpSettings(_Section, frozen=True, kw_only=True):
 class DaemonSettings(_Section, frozen=True, kw_only=True):
     grace_s: Annotated[float, NonNegative] = 10.0
     dedupe: bool = True
+    #: Start with an empty journal although the output folders already hold results.
+    accept_empty_journal: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"

@@ -143,6 +143,11 @@ class Journal:
             self._db = self._connect(uri, uri=True)
             return self
         self._take_lock()
+        try:
+            self._check_clean_stop()
+        except JournalError:
+            self.close()
+            raise
         self._wal_named = False  # a new WAL file each time: its name must be made durable again
         # The fsync every submit waits for gets a thread of its own: in the shared pool it could
         # queue behind a few long calls (hashing a large file, copying a source to another
@@ -159,6 +164,7 @@ class Journal:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            self._mark_running()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
@@ -175,6 +181,54 @@ class Journal:
                 "move it aside to start afresh"
             )
 
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def _check_clean_stop(self) -> None:
+        """Refuse a journal whose last run stopped uncleanly and whose WAL is gone since.
+
+        While the journal is open for writing, the lock file says so (see
+        :meth:`_mark_running`); a clean close empties it once every commit is checkpointed
+        into the database. After a crash, the commits since the last checkpoint live only in
+        the WAL: opening without it would silently forget them, jobs submitted (paid for)
+        among them, and submit them again."""
+        assert self._lock_fd is not None
+        marker = os.pread(self._lock_fd, 4096, 0)
+        if marker and self.path.exists() and not self._wal_path.exists():
+            raise JournalError(
+                f"journal {self.path} was not closed cleanly and its write-ahead log "
+                f"{self._wal_path.name} is gone: the commits since the last checkpoint are lost, "
+                "and jobs already paid for would be paid again. Put the -wal file back; or, to "
+                f"accept the loss, delete {self._lock_path} and start again"
+            )
+
+    def _mark_running(self) -> None:
+        """Record in the lock file that the journal is open (emptied again by a clean close)."""
+        assert self._lock_fd is not None
+        note = f"journal={self.path} pid={os.getpid()} open\n".encode()
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, note, 0)
+        os.fsync(self._lock_fd)
+
+    def _mark_closed(self) -> None:
+        """Checkpoint every commit into the database, then clear the running mark."""
+        if self._db is None or self._lock_fd is None or self._readonly:
+            return
+        try:
+            row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return  # the mark stays: the next start checks the WAL is still there
+        if row is not None and row[0] == 0:  # not busy: every frame is in the database
+            os.ftruncate(self._lock_fd, 0)
+
+    def has_history(self) -> bool:
+        """True when the journal holds any job (or ever held one: ids are never reused)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        if row is not None and row[0]:
+            return True
+        return self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
+
     def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(target, uri=uri, isolation_level=None, timeout=5.0)
@@ -185,7 +239,9 @@ class Journal:
 
     def _take_lock(self) -> None:
         try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(
+                self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            )
         except OSError as exc:
             raise JournalError(f"state_dir {self._lock_path.parent} is not usable: {exc}") from exc
         try:
@@ -201,6 +257,7 @@ class Journal:
         if self._sync_thread is not None:
             self._sync_thread.shutdown()  # after the last durable(): no fsync is left running
             self._sync_thread = self._syncs = None
+        self._mark_closed()
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -19,7 +19,7 @@ from transcribed.backends.assemblyai import WEBHOOK_HEADER
 from transcribed.backends.assemblyai_status import StatusTracker
 from transcribed.config import Settings
 from transcribed.errors import AuthError, ConfigError, ExitCode
-from transcribed.folders import prepare_folders, remove_stale_temp_files
+from transcribed.folders import own_folders, prepare_folders
 from transcribed.http import HttpServer
 from transcribed.journal import Journal
 from transcribed.logs import get_logger, register_secret
@@ -225,8 +225,10 @@ class Service:
             register_secret(settings.assemblyai.api_key.get_secret_value())
         try:
             folders = prepare_folders(settings)
-            remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
-            with Journal(folders["state_dir"]) as journal:
+            accept = settings.daemon.accept_empty_journal
+            with own_folders(
+                folders, Journal(folders["state_dir"]), accept_empty_journal=accept
+            ) as journal:
                 self.journal = journal
                 if (
                     settings.resolved_backend() == "assemblyai"

@@ -99,16 +99,7 @@ class InboxLock:
         except OSError as exc:
             raise ConfigError(f"cannot open the inbox lock {self.path}: {exc.strerror}") from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"the inbox lock {self.path} is not a regular file")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                raise ConfigError(
-                    f"another transcribed already owns the inbox {self.path.parent} ({holder}); "
-                    "one inbox is served by one daemon and one journal"
-                ) from None
+            self._lock(fd)
             note = f"journal={self.journal_path} pid={os.getpid()} host={socket.gethostname()}\n"
             os.ftruncate(fd, 0)
             os.pwrite(fd, note.encode(), 0)
@@ -116,6 +107,18 @@ class InboxLock:
             os.close(fd)
             raise
         self._fd = fd
+
+    def _lock(self, fd: int) -> None:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"the inbox lock {self.path} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"another transcribed already owns the inbox {self.path.parent} ({holder}); "
+                "one inbox is served by one daemon and one journal"
+            ) from None
 
     def release(self) -> None:
         # The file stays: removing it would let a daemon that opened it a moment before lock

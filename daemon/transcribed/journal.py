@@ -30,6 +30,7 @@ from typing import Any
 
 from transcribed.errors import ConfigError, LocalIOError
 from transcribed.groupsync import GroupSync, fsync_path
+from transcribed.logs import redact
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
@@ -480,6 +481,8 @@ class Journal:
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
+        if isinstance(values.get("last_error"), str):  # error texts may echo the API key
+            values["last_error"] = redact(values["last_error"])
         values["updated_at"] = now = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
         # One statement is its own transaction (autocommit), or joins the caller's: either way

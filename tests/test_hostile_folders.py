@@ -1,0 +1,332 @@
+"""Hostile folder layouts and folder contents: nested folders spelt with ``..`` or through
+symlinks, links and files planted in the output folders, two daemons on one inbox, and a
+journal that lost its history. Real processes, real files and the fake API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    API_KEY,
+    Daemon,
+    Folders,
+    clean_env,
+    daemon_command,
+    expected_text,
+    make_audio,
+    run_cli,
+    write_config,
+)
+from fakeapi import FakeAssemblyAI, FakeConfig
+from fakeapi.faults import FaultConfig
+from transcribed.folders import INBOX_LOCK_NAME
+from transcribed.paths import TEMP_PREFIX
+
+
+def _submits(fake: FakeAssemblyAI) -> int:
+    return sum(fake.counters.submits_by_sha256.values())
+
+
+async def _run_once(config: Path, *extra: str) -> tuple[int, str]:
+    done = await run_cli(daemon_command(config, "--once", *extra), clean_env())
+    return done.returncode, done.stdout + done.stderr
+
+
+# -- D3 + D16: nested layouts, resolved ------------------------------------------------------
+
+
+def _layouts(root: Path) -> dict[str, dict[str, str]]:
+    """Each a layout the unresolved check lets through, with one folder inside another."""
+    (root / "elsewhere").mkdir()
+    (root / "to-inbox").symlink_to(root / "inbox")
+    (root / "to-outbox").symlink_to(root / "outbox")
+    return {
+        # done/ inside the inbox, spelt with "..": the daemon took its own archive again.
+        "done via ..": {"done": f"{root}/elsewhere/../inbox/done"},
+        "outbox via a symlink": {"outbox": f"{root}/to-inbox/out"},
+        "state_dir via a symlink": {"state_dir": f"{root}/to-inbox/.state"},
+        # D16: failed/ inside the outbox sends transcripts to the inbox through retry.
+        "failed inside outbox": {"failed": f"{root}/outbox/failed"},
+        "failed inside outbox via a symlink": {"failed": f"{root}/to-outbox/failed"},
+        "outbox inside failed": {"outbox": f"{root}/failed/out"},
+        "inbox inside done": {"done": f"{root}/elsewhere/.."},
+        "done is the outbox": {"done": f"{root}/elsewhere/../outbox"},
+        "state_dir inside failed": {"state_dir": f"{root}/failed/state"},
+    }
+
+
+LAYOUT_NAMES = [
+    "done via ..",
+    "outbox via a symlink",
+    "state_dir via a symlink",
+    "failed inside outbox",
+    "failed inside outbox via a symlink",
+    "outbox inside failed",
+    "inbox inside done",
+    "done is the outbox",
+    "state_dir inside failed",
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+async def test_a_folder_inside_another_after_resolving_is_refused_before_anything_runs(
+    folders: Folders, fake: FakeAssemblyAI, layout: str
+) -> None:
+    folders.outbox.mkdir()
+    folders.failed.mkdir()
+    change = _layouts(folders.root)[layout]
+    make_audio(folders.inbox / "talk.mp3", seed="talk")
+    config = write_config(folders, fake, **change)
+    before = {p.relative_to(folders.root) for p in folders.root.rglob("*")}
+
+    code, output = await _run_once(config)
+
+    assert code == 2, output
+    assert "resolved:" in output and "must be separate folders" in output
+    resolved = os.path.realpath(next(iter(change.values())))
+    assert resolved in output
+    # Nothing was created, moved or paid for.
+    assert {p.relative_to(folders.root) for p in folders.root.rglob("*")} == before
+    assert _submits(fake) == 0 and fake.counters.uploads_started == 0
+
+
+async def test_retry_refuses_to_run_with_failed_inside_the_outbox(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    """D16: ``retry`` moved the transcripts under outbox/failed/ into the inbox."""
+    (folders.outbox / "failed").mkdir(parents=True)
+    (folders.outbox / "failed" / "talk.txt").write_text("a transcript\n")
+    config = write_config(folders, fake, failed=str(folders.outbox / "failed"))
+    retry = [*daemon_command(config)[:3], "retry", "--config", str(config)]
+
+    done = await run_cli(retry, clean_env())
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "must be separate folders" in done.stderr
+    assert not list(folders.inbox.iterdir())
+    assert (folders.outbox / "failed" / "talk.txt").is_file()
+
+
+# -- D19 + D10: links and files planted in the output folders ---------------------------------
+
+
+async def test_outputs_and_moves_never_follow_a_link_planted_in_the_output_folders(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    outside_out, outside_done = folders.root / "outside-out", folders.root / "outside-done"
+    outside_out.mkdir()
+    outside_done.mkdir()
+    folders.outbox.mkdir()
+    folders.done.mkdir()
+    (folders.outbox / "talks").symlink_to(outside_out)
+    (folders.done / "talks").symlink_to(outside_done)
+    sha = make_audio(folders.inbox / "talks" / "a.mp3", seed="a")
+    config = write_config(folders, fake)
+
+    code, output = await _run_once(config)
+
+    assert code == 0, output
+    assert not list(outside_out.iterdir()) and not list(outside_done.iterdir())
+    assert (folders.outbox / "talks (2)" / "a.txt").read_text() == expected_text(sha) + "\n"
+    assert (folders.done / "talks (2)" / "a.mp3").is_file()
+    assert (folders.outbox / "talks").is_symlink() and (folders.done / "talks").is_symlink()
+
+
+async def test_a_failed_source_is_not_moved_through_a_link_in_failed(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    outside = folders.root / "outside"
+    outside.mkdir()
+    folders.failed.mkdir()
+    (folders.failed / "bad").symlink_to(outside)
+    (folders.inbox / "bad").mkdir()
+    (folders.inbox / "bad" / "empty.mp3").write_bytes(b"")
+    config = write_config(folders, fake)
+
+    code, output = await _run_once(config)
+
+    assert code == 1, output
+    assert not list(outside.iterdir())
+    assert (folders.failed / "bad (2)" / "empty.mp3").is_file()
+    assert (folders.failed / "bad (2)" / "empty.mp3.error.json").is_file()
+
+
+async def test_a_folder_named_like_an_earlier_result_gets_a_free_name_instead_of_waiting(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    """D10: ``done/x.mp3`` and ``outbox/x.txt`` are files; sources then arrive in inbox
+    folders named ``x.mp3/`` and ``x.txt/``: "Not a directory", deferred without end."""
+    first = make_audio(folders.inbox / "x.mp3", seed="first")
+    config = write_config(folders, fake)
+    assert (await _run_once(config))[0] == 0
+    assert (folders.done / "x.mp3").is_file() and (folders.outbox / "x.txt").is_file()
+
+    in_mp3 = make_audio(folders.inbox / "x.mp3" / "a.mp3", seed="in folder x.mp3")
+    in_txt = make_audio(folders.inbox / "x.txt" / "b.mp3", seed="in folder x.txt")
+    code, output = await asyncio.wait_for(_run_once(config), 60)
+
+    assert code == 0, output
+    assert (folders.outbox / "x.txt").read_text() == expected_text(first) + "\n"
+    assert (folders.outbox / "x.mp3" / "a.txt").read_text() == expected_text(in_mp3) + "\n"
+    assert (folders.outbox / "x (2).txt" / "b.txt").read_text() == expected_text(in_txt) + "\n"
+    assert (folders.done / "x (2).mp3" / "a.mp3").is_file()
+    assert (folders.done / "x.txt" / "b.mp3").is_file()
+    assert not any(e.get("event") == "job_deferred" for e in _events(output))
+
+
+def _events(output: str) -> list[dict[str, object]]:
+    import json
+
+    found = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
+# -- D11 (+ D15): one inbox, one owner ---------------------------------------------------------
+
+
+@pytest.fixture
+async def slow_fake() -> AsyncIterator[FakeAssemblyAI]:
+    """Every upload answer held back 1 s: two daemons on one inbox would both be uploading."""
+    slow = FaultConfig(
+        rate=1.0, kinds=("slow",), slow_s=1.0, endpoints=frozenset({"POST /v2/upload"})
+    )
+    async with FakeAssemblyAI(
+        FakeConfig(api_keys=(API_KEY,), latency_s=0.2, concurrency=50, faults=slow)
+    ) as server:
+        yield server
+
+
+async def test_a_second_daemon_with_another_journal_on_the_same_inbox_is_refused(
+    folders: Folders, slow_fake: FakeAssemblyAI
+) -> None:
+    shas = [make_audio(folders.inbox / f"f{i}.mp3", seed=f"two-{i}") for i in range(4)]
+    second_config = folders.root / "second.toml"
+    write_config(folders, slow_fake, state_dir=str(folders.root / "state-b")).rename(second_config)
+    first = Daemon(write_config(folders, slow_fake), folders.root / "first.log")
+    await first.start()
+    try:
+        await first.wait_for_event("daemon_ready")
+        await eventually_uploading(slow_fake)
+        # A temp file of the first daemon's, mid-write: the refused one must leave it alone.
+        folders.outbox.mkdir(exist_ok=True)
+        temp = folders.outbox / f"{TEMP_PREFIX}{first.proc.pid}-0"
+        temp.write_bytes(b"half a transcript")
+
+        code, output = await _run_once(second_config)
+
+        assert code == 2, output
+        assert "already owns the inbox" in output
+        assert str(folders.state / "journal.sqlite3") in output  # names the owner's journal
+        assert temp.exists()
+        temp.unlink()
+        await first.wait_for_event("file_transcribed", count=len(shas), timeout_s=60)
+    finally:
+        await _stop(first)
+    assert dict(slow_fake.counters.submits_by_sha256) == dict.fromkeys(shas, 1)
+    assert (folders.inbox / INBOX_LOCK_NAME).is_file()
+
+
+async def _stop(daemon: Daemon) -> int:
+    if daemon.proc.returncode is not None:
+        daemon.close()
+        return int(daemon.proc.returncode)
+    return await daemon.signal(signal.SIGTERM)
+
+
+async def eventually_uploading(fake: FakeAssemblyAI) -> None:
+    from conftest import eventually
+
+    await eventually(lambda: fake.counters.uploads_started > 0, what="an upload started")
+
+
+async def test_the_inbox_lock_is_not_taken_as_input_and_frees_with_the_daemon(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    sha = make_audio(folders.inbox / "a.mp3", seed="lock")
+    config = write_config(folders, fake, **{"watch.patterns": ["*"]})
+    assert (await _run_once(config))[0] == 0
+    assert (folders.inbox / INBOX_LOCK_NAME).is_file()
+    assert dict(fake.counters.submits_by_sha256) == {sha: 1}
+    # Released at exit: another daemon (another journal) may take the inbox over now.
+    other = write_config(folders, fake, state_dir=str(folders.root / "state-b"))
+    assert (await _run_once(other, "--set", "daemon.accept_empty_journal=true"))[0] == 0
+
+
+# -- D12: the journal's integrity ------------------------------------------------------------
+
+
+async def test_an_empty_journal_beside_results_is_refused_until_accepted(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    sha = make_audio(folders.inbox / "a.mp3", seed="history")
+    config = write_config(folders, fake)
+    assert (await _run_once(config))[0] == 0
+    assert _submits(fake) == 1
+    journal = folders.state / "journal.sqlite3"
+    journal.write_bytes(b"")  # zero-length: what a full disk or a bad restore leaves
+    (folders.done / "a.mp3").rename(folders.inbox / "a.mp3")  # the same file, dropped again
+
+    code, output = await _run_once(config)
+
+    assert code == 2, output
+    assert "holds no jobs" in output and "daemon.accept_empty_journal" in output
+    assert f"outbox ({folders.outbox})" in output
+    assert _submits(fake) == 1
+
+    code, output = await _run_once(config, "--set", "daemon.accept_empty_journal=true")
+    assert code == 0, output
+    assert dict(fake.counters.submits_by_sha256) == {sha: 2}  # accepted: paid again, knowingly
+
+
+async def test_a_wal_lost_after_an_unclean_stop_is_refused(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    make_audio(folders.inbox / "a.mp3", seed="wal")
+    config = write_config(folders, fake)
+    daemon = Daemon(config, folders.root / "daemon.log")
+    await daemon.start()
+    try:
+        await daemon.wait_for_event("file_transcribed")
+    finally:
+        if daemon.proc.returncode is None:
+            await daemon.kill()  # SIGKILL: the commits stay in the WAL
+    wal = folders.state / "journal.sqlite3-wal"
+    assert wal.exists()
+    wal.unlink()  # "rm journal.sqlite3-*", to clear what looks like a stale lock
+
+    code, output = await _run_once(config)
+
+    assert code == 2, output
+    assert "write-ahead log" in output and "not closed cleanly" in output
+    assert _submits(fake) == 1
+
+
+async def test_a_clean_stop_leaves_nothing_for_the_wal_check_to_refuse(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    make_audio(folders.inbox / "a.mp3", seed="clean")
+    config = write_config(folders, fake)
+    daemon = Daemon(config, folders.root / "daemon.log")
+    await daemon.start()
+    try:
+        await daemon.wait_for_event("file_transcribed")
+    finally:
+        assert await _stop(daemon) == 0
+    assert not (folders.state / "journal.sqlite3-wal").exists()
+    with sqlite3.connect(folders.state / "journal.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (1,)
+    code, output = await _run_once(config)
+    assert code == 0, output

@@ -222,9 +222,11 @@ class Settings(_Section, frozen=True, kw_only=True):
             "transcription",
             {"speech_models": list(DEFAULT_SPEECH_MODELS), **self.transcription},
         )
-        inbox = self.inbox.expanduser().absolute()
+        # Lexically only ("a/../b" is "b"): the folders may not exist yet. The check that
+        # resolves symlinks runs at start-up, in transcribed.folders.
+        inbox = Path(os.path.normpath(self.inbox.expanduser().absolute()))
         for name in ("outbox", "done", "failed", "state_dir"):
-            other = Path(getattr(self, name)).expanduser().absolute()
+            other = Path(os.path.normpath(Path(getattr(self, name)).expanduser().absolute()))
             if other == inbox or inbox in other.parents:
                 raise _invalid(name, f"{other} must not be inside the inbox ({inbox})", "inbox")
         if self.assemblyai.webhook_url and self.http.address() is None:

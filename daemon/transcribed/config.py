@@ -145,8 +145,11 @@ class LocalSettings(_Section, frozen=True, kw_only=True):
     min_timeout_s: Annotated[float, Positive] = 120.0
 
 
+OUTPUT_FORMAT = Literal["txt", "json", "srt", "vtt"]
+
+
 class OutputSettings(_Section, frozen=True, kw_only=True):
-    formats: list[Literal["txt", "json", "srt", "vtt"]] = field(
+    formats: list[OUTPUT_FORMAT] = field(
         default_factory=lambda: ["txt", "json"]
     )
 

@@ -13,11 +13,12 @@ import itertools
 import os
 import socket
 import stat
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from transcribed.config import Settings
+from transcribed.config import OUTPUT_FORMAT, Settings
 from transcribed.errors import ConfigError
 from transcribed.journal import Journal
 from transcribed.paths import TEMP_PREFIX
@@ -140,11 +141,16 @@ class InboxLock:
         self.release()
 
 
-def _holds_results(folder: Path) -> bool:
-    """True when ``folder`` holds any file that is not hidden (stops at the first)."""
+#: What a transcript in the outbox can be named (any ``output.formats``).
+RESULT_SUFFIXES = tuple(f".{fmt}" for fmt in typing.get_args(OUTPUT_FORMAT))
+
+
+def _holds_results(folder: Path, suffixes: tuple[str, ...] = ("",)) -> bool:
+    """True when ``folder`` holds a file that is not hidden and ends in one of ``suffixes``
+    (stops at the first)."""
     for _dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not name.startswith(".") for name in filenames):
+        if any(not name.startswith(".") and name.endswith(suffixes) for name in filenames):
             return True
     return False
 
@@ -152,14 +158,19 @@ def _holds_results(folder: Path) -> bool:
 def check_history(
     journal: Journal, folders: dict[str, Path], *, accept_empty: bool = False
 ) -> None:
-    """Refuse an empty journal beside folders that already hold results.
+    """Refuse an empty journal beside folders that already hold results: any source in done/
+    or failed/, a transcript in the outbox.
 
     A journal with no jobs next to a full done/ or outbox/ is a lost or replaced journal (a
     zero-length file, a new state_dir, a damaged one moved aside): every file it had recorded
     would be taken again, and paid for again, once it is back in the inbox."""
     if accept_empty or journal.has_history():
         return
-    busy = [name for name in ("outbox", "done", "failed") if _holds_results(folders[name])]
+    busy = [
+        name
+        for name, suffixes in (("outbox", RESULT_SUFFIXES), ("done", ("",)), ("failed", ("",)))
+        if _holds_results(folders[name], suffixes)
+    ]
     if not busy:
         return
     named = ", ".join(f"{name} ({folders[name]})" for name in busy)

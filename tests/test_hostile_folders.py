@@ -312,7 +312,33 @@ async def test_a_wal_lost_after_an_unclean_stop_is_refused(
     code, output = await _run_once(config)
 
     assert code == 2, output
-    assert "write-ahead log" in output and "not closed cleanly" in output
+    assert "has lost commits" in output and "write-ahead log" in output
+    assert _submits(fake) == 1
+    # Refused again: a refused start leaves the record of the unclean stop as it found it.
+    assert (await _run_once(config))[0] == 2
+    assert _submits(fake) == 1
+
+
+async def test_a_wal_checkpointed_by_another_program_after_a_crash_is_not_a_loss(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    make_audio(folders.inbox / "a.mp3", seed="wal")
+    config = write_config(folders, fake)
+    daemon = Daemon(config, folders.root / "daemon.log")
+    await daemon.start()
+    try:
+        await daemon.wait_for_event("file_transcribed")
+    finally:
+        if daemon.proc.returncode is None:
+            await daemon.kill()
+    # An operator looks at the journal: sqlite3's clean close checkpoints and removes the WAL.
+    db = sqlite3.connect(folders.state / "journal.sqlite3")
+    assert db.execute("SELECT state FROM jobs").fetchall() == [("archived",)]
+    db.close()
+    assert not (folders.state / "journal.sqlite3-wal").exists()
+
+    code, output = await _run_once(config)
+    assert code == 0, output
     assert _submits(fake) == 1
 
 
@@ -445,3 +471,41 @@ def test_every_generated_layout_is_refused_or_runs_inside_its_folders(
 ) -> None:
     """Half the layouts valid, half with one or more folders inside the inbox or another."""
     _layout_example({**places, **(spoilt or {})}, inbox_via_link)
+
+
+def _read_deep(root: Path, rel: Path) -> bytes:
+    """Read ``root/rel`` a component at a time (its whole path may pass PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.parts[:-1]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        file_fd = os.open(rel.parts[-1], os.O_RDONLY, dir_fd=fd)
+        with open(file_fd, "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+async def test_a_nested_path_longer_than_path_max_under_the_outbox_is_still_written(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    """The inbox path fits in PATH_MAX (4096), the same path under a longer outbox does not:
+    it was deferred without end ("File name too long")."""
+    outbox = folders.root.joinpath(*["o" * 200] * 9)
+    done = folders.root.joinpath(*["d" * 200] * 9)
+    rel = Path(*["n" * 200] * 12, "a.mp3")
+    assert len(str(folders.inbox / rel)) < 4000 < len(str(outbox / rel))
+    sha = make_audio(folders.inbox / rel, seed="deep")
+    config = write_config(folders, fake, outbox=str(outbox), done=str(done))
+
+    code, output = await asyncio.wait_for(_run_once(config), 90)
+
+    assert code == 0, output[-2000:]
+    text = _read_deep(outbox, rel.with_suffix(".txt"))
+    assert text.decode() == expected_text(sha) + "\n"
+    assert _read_deep(done, rel)[:3] == b"ID3"
+    # And the next start walks the deep tree for stale temp files without tripping on it.
+    code, output = await asyncio.wait_for(_run_once(config), 90)
+    assert code == 0, output[-2000:]

@@ -149,9 +149,7 @@ OUTPUT_FORMAT = Literal["txt", "json", "srt", "vtt"]
 
 
 class OutputSettings(_Section, frozen=True, kw_only=True):
-    formats: list[OUTPUT_FORMAT] = field(
-        default_factory=lambda: ["txt", "json"]
-    )
+    formats: list[OUTPUT_FORMAT] = field(default_factory=lambda: ["txt", "json"])
 
     def __post_init__(self) -> None:
         if not self.formats:

@@ -200,5 +200,10 @@ def own_folders(
 def remove_stale_temp_files(*roots: Path) -> None:
     """Temp files left by a crash mid-write are never visible results; clear them."""
     for root in roots:
-        for stale in root.rglob(f"{TEMP_PREFIX}*"):
-            stale.unlink(missing_ok=True)
+        # By descriptor: a tree deeper than PATH_MAX allows by name is still walked, and no
+        # link is followed out of the folder.
+        for _dirpath, _dirnames, filenames, dir_fd in os.fwalk(root):
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dir_fd)

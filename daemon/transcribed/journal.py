@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -114,6 +115,7 @@ class JobRow:
 
 
 _COLUMNS = ", ".join(f.name for f in fields(JobRow))
+_SUBMIT_MARK = re.compile(r"^submit=(?P<job>\d+)@(?P<at>[0-9.e+-]+)", re.M)
 
 
 class JournalError(ConfigError):
@@ -134,6 +136,10 @@ class Journal:
         self._sync_thread: ThreadPoolExecutor | None = None
         self._syncs: GroupSync | None = None
         self._wal_named = False
+        # The last submit mark set, and the one last written to the lock file (see sync()).
+        self._submit_mark: tuple[int, float] | None = None
+        self._written_mark: tuple[int, float] | None = None
+        self._note_len = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Journal:
@@ -144,11 +150,8 @@ class Journal:
             self._db = self._connect(uri, uri=True)
             return self
         self._take_lock()
-        try:
-            self._check_clean_stop()
-        except JournalError:
-            self.close()
-            raise
+        assert self._lock_fd is not None
+        last_run = os.pread(self._lock_fd, 4096, 0).decode(errors="replace")
         self._wal_named = False  # a new WAL file each time: its name must be made durable again
         # The fsync every submit waits for gets a thread of its own: in the shared pool it could
         # queue behind a few long calls (hashing a large file, copying a source to another
@@ -165,6 +168,7 @@ class Journal:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            self._check_last_submit(last_run)
             self._mark_running()
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -182,46 +186,60 @@ class Journal:
                 "move it aside to start afresh"
             )
 
-    @property
-    def _wal_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
+    def _check_last_submit(self, last_run: str) -> None:
+        """Refuse a journal that lost the last submit its previous run made durable.
 
-    def _check_clean_stop(self) -> None:
-        """Refuse a journal whose last run stopped uncleanly and whose WAL is gone since.
-
-        While the journal is open for writing, the lock file says so (see
-        :meth:`_mark_running`); a clean close empties it once every commit is checkpointed
-        into the database. After a crash, the commits since the last checkpoint live only in
-        the WAL: opening without it would silently forget them, jobs submitted (paid for)
-        among them, and submit them again."""
-        assert self._lock_fd is not None
-        marker = os.pread(self._lock_fd, 4096, 0)
-        if marker and self.path.exists() and not self._wal_path.exists():
-            raise JournalError(
-                f"journal {self.path} was not closed cleanly and its write-ahead log "
-                f"{self._wal_path.name} is gone: the commits since the last checkpoint are lost, "
-                "and jobs already paid for would be paid again. Put the -wal file back; or, to "
-                f"accept the loss, delete {self._lock_path} and start again"
-            )
+        While the journal is open for writing, its lock file names the last job whose submit
+        mark was fsynced (:meth:`sync`), and a clean close empties the file. After a crash,
+        the commits since the last checkpoint live only in the WAL: a WAL deleted
+        (``rm journal.sqlite3-*``), damaged, or left behind by a copy of the database file
+        alone takes them away, and SQLite opens what is left without a word. The jobs
+        submitted (paid for) among them would be submitted again. A WAL checkpointed and
+        removed by a clean close, by any process, loses nothing, and passes."""
+        match = _SUBMIT_MARK.search(last_run)
+        if match is None:
+            return
+        job_id, marked_at = int(match["job"]), float(match["at"])
+        row = self.db.execute(
+            "SELECT updated_at, submit_started_at, transcript_id, state FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is not None and (
+            row[0] >= marked_at
+            or row[1] is not None
+            or row[2] is not None
+            or row[3] not in ("discovered", "uploading")
+        ):
+            return
+        raise JournalError(
+            f"journal {self.path} has lost commits: its last run stopped without closing it, "
+            f"and job {job_id}'s submit, made durable then, is no longer in it (the "
+            f"write-ahead log {self.path.name}-wal was removed, damaged, or not copied with "
+            "the database). Jobs already paid for would be paid again. Put the -wal file "
+            f"back; or, to accept the loss, delete {self._lock_path} and start again"
+        )
 
     def _mark_running(self) -> None:
         """Record in the lock file that the journal is open (emptied again by a clean close)."""
         assert self._lock_fd is not None
+        self._submit_mark = self._written_mark = None
         note = f"journal={self.path} pid={os.getpid()} open\n".encode()
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, note, 0)
         os.fsync(self._lock_fd)
+        self._note_len = len(note)
 
     def _mark_closed(self) -> None:
         """Checkpoint every commit into the database, then clear the running mark."""
-        if self._db is None or self._lock_fd is None or self._readonly:
-            return
+        if self._db is None or self._lock_fd is None or not self._note_len:
+            return  # not marked in this run: what the last run left stays for the next start
         try:
             row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
-            return  # the mark stays: the next start checks the WAL is still there
+            return  # the mark stays: the next start checks the last submit is still there
         if row is not None and row[0] == 0:  # not busy: every frame is in the database
             os.ftruncate(self._lock_fd, 0)
+        self._note_len = 0
 
     def has_history(self) -> bool:
         """True when the journal holds any job (or ever held one: ids are never reused)."""
@@ -318,10 +336,15 @@ class Journal:
         ``synchronous=FULL`` does for one. Without a WAL file every commit has already been
         checkpointed (and synced) into the database. Touches no connection: thread-safe.
         """
+        mark = self._submit_mark  # taken before the fsync: its commit is covered by it
         try:
             fsync_path(self.path.with_name(self.path.name + "-wal"))
         except FileNotFoundError:
             return
+        if mark is not None and mark != self._written_mark and self._lock_fd is not None:
+            line = f"submit={mark[0]}@{mark[1]!r}\n".encode().ljust(64)
+            os.pwrite(self._lock_fd, line, self._note_len)
+            self._written_mark = mark
         if not self._wal_named:
             # The WAL is a new file each time the journal opens: make its name durable too.
             fsync_path(self.path.parent)
@@ -488,6 +511,8 @@ class Journal:
         # One statement is its own transaction (autocommit), or joins the caller's: either way
         # one call into SQLite instead of three.
         self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+        if values.get("submit_started_at") is not None:
+            self._submit_mark = (job_id, now)  # written to the lock file by the next sync()
         return now
 
     def set_state(self, job_id: int, state: str, **values: Any) -> float:

@@ -113,6 +113,27 @@ def open_folder(root: Path, rel_folder: str, *, create: bool = True) -> tuple[in
     return fd, "/".join(used)
 
 
+def fsync_folder(path: Path) -> None:
+    """fsync a folder by its path, also one whose path is longer than PATH_MAX (opened a
+    component at a time from its parent's descriptor)."""
+    try:
+        fsync_path(path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+    else:
+        return
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.parts[1:]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _exists(fd: int, name: str) -> bool:
     try:
         os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -192,7 +213,7 @@ def write_files_atomic(
         folders |= write_tree_atomic(path.parent, [(path.name, data)])
     if sync_folders:
         for folder in folders:
-            fsync_path(folder)
+            fsync_folder(folder)
     return folders
 
 
@@ -383,7 +404,7 @@ class Outputs:
         """fsync ``folder``, sharing the fsync with other jobs that wait on the same folder."""
         group = self._folder_syncs.get(folder)
         if group is None:
-            group = self._folder_syncs[folder] = GroupSync(functools.partial(fsync_path, folder))
+            group = self._folder_syncs[folder] = GroupSync(functools.partial(fsync_folder, folder))
         try:
             await group.wait()
         finally:

@@ -36,8 +36,9 @@ def _submits(fake: FakeAssemblyAI) -> int:
     return sum(fake.counters.submits_by_sha256.values())
 
 
-async def _run_once(config: Path, *extra: str) -> tuple[int, str]:
-    done = await run_cli(daemon_command(config, "--once", *extra), clean_env())
+async def _run_once(config: Path, *extra: str, timeout_s: float = 60) -> tuple[int, str]:
+    """``run --once``; killed after ``timeout_s`` (a file deferred without end never ends)."""
+    done = await run_cli(daemon_command(config, "--once", *extra), clean_env(), timeout_s)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -172,7 +173,7 @@ async def test_a_folder_named_like_an_earlier_result_gets_a_free_name_instead_of
 
     in_mp3 = make_audio(folders.inbox / "x.mp3" / "a.mp3", seed="in folder x.mp3")
     in_txt = make_audio(folders.inbox / "x.txt" / "b.mp3", seed="in folder x.txt")
-    code, output = await asyncio.wait_for(_run_once(config), 60)
+    code, output = await _run_once(config)
 
     assert code == 0, output
     assert (folders.outbox / "x.txt").read_text() == expected_text(first) + "\n"
@@ -500,12 +501,45 @@ async def test_a_nested_path_longer_than_path_max_under_the_outbox_is_still_writ
     sha = make_audio(folders.inbox / rel, seed="deep")
     config = write_config(folders, fake, outbox=str(outbox), done=str(done))
 
-    code, output = await asyncio.wait_for(_run_once(config), 90)
+    code, output = await _run_once(config, timeout_s=90)
 
     assert code == 0, output[-2000:]
     text = _read_deep(outbox, rel.with_suffix(".txt"))
     assert text.decode() == expected_text(sha) + "\n"
     assert _read_deep(done, rel)[:3] == b"ID3"
     # And the next start walks the deep tree for stale temp files without tripping on it.
-    code, output = await asyncio.wait_for(_run_once(config), 90)
+    code, output = await _run_once(config, timeout_s=90)
     assert code == 0, output[-2000:]
+
+
+def test_a_move_across_file_systems_copies_into_the_folder_reached_without_links(
+    tmp_path: Path,
+) -> None:
+    """done/ on another file system than the source (a tmpfs): rename fails with EXDEV, and
+    the copy goes into the folder reached by descriptor, past a link planted in done/."""
+    import shutil
+    import tempfile
+
+    from transcribed.outputs import move_to_free_name
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's folder")
+    inbox = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        source = inbox / "talk.mp3"
+        source.write_bytes(b"ID3" + bytes(range(256)) * 4000)
+        data = source.read_bytes()
+        done, outside = tmp_path / "done", tmp_path / "outside"
+        done.mkdir()
+        outside.mkdir()
+        (done / "sub").symlink_to(outside)
+
+        final, folder = move_to_free_name(source, done, "sub/talk.mp3", with_report=True)
+
+        assert final == "sub (2)/talk.mp3" and folder == done / "sub (2)"
+        assert (done / final).read_bytes() == data
+        assert not source.exists() and not list(outside.iterdir())
+        assert [p.name for p in (done / "sub (2)").iterdir()] == ["talk.mp3"]  # no temp left
+    finally:
+        shutil.rmtree(inbox, ignore_errors=True)

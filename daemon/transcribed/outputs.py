@@ -97,9 +97,13 @@ def open_folder(root: Path, rel_folder: str, *, create: bool = True) -> tuple[in
     parts = [p for p in rel.parts if p not in ("", ".")]
     if ".." in parts or rel.is_absolute():
         raise ValueError(f"not a relative path inside its folder: {rel_folder!r}")
-    if create:
-        root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            return None, "/".join(parts)
+        root.mkdir(parents=True, exist_ok=True)  # removed while the daemon runs: made again
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     used: list[str] = []
     for index, part in enumerate(parts):
         try:

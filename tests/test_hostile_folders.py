@@ -202,9 +202,9 @@ def _events(output: str) -> list[dict[str, object]]:
 
 @pytest.fixture
 async def slow_fake() -> AsyncIterator[FakeAssemblyAI]:
-    """Every upload answer held back 1 s: two daemons on one inbox would both be uploading."""
+    """Every upload answer held back 3 s: two daemons on one inbox would both be uploading."""
     slow = FaultConfig(
-        rate=1.0, kinds=("slow",), slow_s=1.0, endpoints=frozenset({"POST /v2/upload"})
+        rate=1.0, kinds=("slow",), slow_s=3.0, endpoints=frozenset({"POST /v2/upload"})
     )
     async with FakeAssemblyAI(
         FakeConfig(api_keys=(API_KEY,), latency_s=0.2, concurrency=50, faults=slow)

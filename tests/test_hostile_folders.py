@@ -294,6 +294,23 @@ async def test_an_empty_journal_beside_results_is_refused_until_accepted(
     assert dict(fake.counters.submits_by_sha256) == {sha: 2}  # accepted: paid again, knowingly
 
 
+async def test_a_damaged_journal_is_refused_with_the_way_out(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    make_audio(folders.inbox / "a.mp3", seed="damaged")
+    config = write_config(folders, fake)
+    assert (await _run_once(config))[0] == 0
+    journal = folders.state / "journal.sqlite3"
+    journal.write_bytes(b"\0" * 100 + journal.read_bytes()[100:])  # the header gone
+    make_audio(folders.inbox / "b.mp3", seed="after the damage")
+
+    code, output = await _run_once(config)
+
+    assert code == 2, output
+    assert "restore it from a backup" in output and "accept_empty_journal" in output
+    assert _submits(fake) == 1
+
+
 async def test_a_wal_lost_after_an_unclean_stop_is_refused(
     folders: Folders, fake: FakeAssemblyAI
 ) -> None:

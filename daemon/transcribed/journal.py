@@ -115,6 +115,10 @@ class JobRow:
 
 
 _COLUMNS = ", ".join(f.name for f in fields(JobRow))
+_DAMAGED_HINT = (
+    "restore it from a backup, or move it aside to start afresh (if the output folders "
+    "already hold results, that first start needs --set daemon.accept_empty_journal=true)"
+)
 _SUBMIT_MARK = re.compile(r"^submit=(?P<job>\d+)@(?P<at>[0-9.e+-]+)", re.M)
 
 
@@ -172,7 +176,9 @@ class Journal:
             self._mark_running()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            # OperationalError: locked, unreadable... not damaged; the others are damage.
+            hint = "" if isinstance(exc, sqlite3.OperationalError) else f"; {_DAMAGED_HINT}"
+            raise JournalError(f"cannot open journal {self.path}: {exc}{hint}") from exc
         except JournalError:
             self.close()
             raise
@@ -183,7 +189,7 @@ class Journal:
         if check is None or check[0] != "ok":
             raise JournalError(
                 f"journal {self.path} is corrupt ({check[0] if check else 'no answer'}); "
-                "move it aside to start afresh"
+                f"{_DAMAGED_HINT}"
             )
 
     def _check_last_submit(self, last_run: str) -> None:

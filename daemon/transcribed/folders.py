@@ -8,6 +8,7 @@ it reads, or moves back what it wrote, loops and pays for the same file again an
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -21,7 +22,10 @@ from types import TracebackType
 from transcribed.config import OUTPUT_FORMAT, Settings
 from transcribed.errors import ConfigError
 from transcribed.journal import Journal
+from transcribed.logs import get_logger
 from transcribed.paths import TEMP_PREFIX
+
+log = get_logger("transcribed.folders")
 
 FOLDER_KEYS = ("inbox", "outbox", "done", "failed", "state_dir")
 #: Held (flock) in the inbox for the daemon's life. A dotfile: never taken as input.
@@ -120,6 +124,12 @@ class InboxLock:
                 f"another transcribed already owns the inbox {self.path.parent} ({holder}); "
                 "one inbox is served by one daemon and one journal"
             ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise ConfigError(f"cannot lock the inbox {self.path}: {exc.strerror}") from exc
+            # A file system without locks (NFSv3 without lockd, some FUSE file systems): run,
+            # but say that a second daemon on this inbox would not be stopped.
+            log.warning("inbox_lock_unsupported", path=str(self.path), error=exc.strerror)
 
     def release(self) -> None:
         # The file stays: removing it would let a daemon that opened it a moment before lock

@@ -560,3 +560,30 @@ def test_a_move_across_file_systems_copies_into_the_folder_reached_without_links
         assert [p.name for p in (done / "sub (2)").iterdir()] == ["talk.mp3"]  # no temp left
     finally:
         shutil.rmtree(inbox, ignore_errors=True)
+
+
+async def test_a_folder_planted_on_a_reserved_output_name_gets_the_transcript_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The name was free when the job reserved it; a folder took it before the write. The
+    write failed ("Is a directory") on every attempt, without end."""
+    from transcribed.backends import Result
+    from transcribed.outputs import Outputs
+
+    outbox = tmp_path / "outbox"
+    outputs = Outputs(outbox, tmp_path / "done", tmp_path / "failed", ["txt", "json"])
+    (outbox / "talk.txt").mkdir(parents=True)
+    (outbox / "talk (2).txt").write_text("an earlier transcript\n")
+
+    paths = await outputs.write("talk", Result({"id": "t-1", "text": "hello"}))
+
+    assert paths == [outbox / "talk (3).txt", outbox / "talk.json"]
+    assert (outbox / "talk (3).txt").read_text() == "hello\n"
+    assert (outbox / "talk (2).txt").read_text() == "an earlier transcript\n"  # not replaced
+    assert (outbox / "talk.txt").is_dir()
+    assert sorted(p.name for p in outbox.iterdir()) == [
+        "talk (2).txt",
+        "talk (3).txt",
+        "talk.json",
+        "talk.txt",
+    ]

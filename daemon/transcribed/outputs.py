@@ -158,8 +158,24 @@ def free_name(fd: int, name: str, *, with_report: bool = False) -> str:
     raise LocalIOError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
 
 
-def _write_into(fd: int, name: str, data: bytes) -> None:
-    """Write ``data`` to ``name`` in folder ``fd`` by temp file, fsync and rename."""
+def _link_to_free_name(fd: int, tmp: str, name: str) -> str:
+    """Give the written ``tmp`` the first free name after ``name``, never replacing anything
+    (a hard link fails on a taken name); returns the name."""
+    for candidate in itertools.islice(_candidates(name), 1, None):
+        try:
+            os.link(tmp, candidate, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        os.unlink(tmp, dir_fd=fd)
+        return candidate
+    raise LocalIOError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
+
+
+def _write_into(fd: int, name: str, data: bytes) -> str:
+    """Write ``data`` to ``name`` in folder ``fd`` by temp file, fsync and rename; returns the
+    name written. A folder or other thing that cannot be replaced by a file at ``name`` (one
+    made after the name was reserved) gets the file a numbered name beside it, instead of a
+    failure on every attempt."""
     while True:
         tmp = _temp_name()
         try:
@@ -180,27 +196,31 @@ def _write_into(fd: int, name: str, data: bytes) -> None:
             os.fsync(out)
         finally:
             os.close(out)
-        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        try:
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except (IsADirectoryError, NotADirectoryError):
+            return _link_to_free_name(fd, tmp, name)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=fd)
         raise
+    return name
 
 
-def write_tree_atomic(root: Path, files: Sequence[tuple[str, bytes]]) -> set[Path]:
+def write_tree_atomic(root: Path, files: Sequence[tuple[str, bytes]]) -> list[Path]:
     """Write each ``(relative path, bytes)`` under ``root`` atomically, no link followed
-    (blocking); returns the folders written to, for the caller to fsync."""
-    folders: set[Path] = set()
+    (blocking); returns where each one went (the caller fsyncs their folders)."""
+    written: list[Path] = []
     for rel, data in files:
         rel_path = PurePosixPath(rel)
         fd, used = open_folder(root, rel_path.parent.as_posix())
         assert fd is not None
         try:
-            _write_into(fd, rel_path.name, data)
+            name = _write_into(fd, rel_path.name, data)
         finally:
             os.close(fd)
-        folders.add(root / used if used else root)
-    return folders
+        written.append((root / used if used else root) / name)
+    return written
 
 
 def write_files_atomic(
@@ -214,7 +234,7 @@ def write_files_atomic(
     """
     folders: set[Path] = set()
     for path, data in files:
-        folders |= write_tree_atomic(path.parent, [(path.name, data)])
+        folders.update(p.parent for p in write_tree_atomic(path.parent, [(path.name, data)]))
     if sync_folders:
         for folder in folders:
             fsync_folder(folder)
@@ -365,15 +385,14 @@ class Outputs:
         try:
             # One trip to a worker thread for all of a job's files: with a large backlog the
             # hops, not the bytes, are what cost.
-            folders = await asyncio.to_thread(write_tree_atomic, self.outbox, files)
-            for folder in folders:
+            written = await asyncio.to_thread(write_tree_atomic, self.outbox, files)
+            for folder in {path.parent for path in written}:
                 await self._sync_folder(folder)
         except OSError as exc:
             raise LocalIOError(
                 f"cannot write {exc.filename or self.outbox}: {exc.strerror}"
             ) from exc
-        folder = next(iter(folders))
-        return [folder / PurePosixPath(name).name for name, _data in files]
+        return written
 
     async def archive(self, source: Path, rel_path: str) -> str:
         """Move a transcribed source to done/; returns its path relative to done/."""
@@ -385,11 +404,10 @@ class Outputs:
         if source is not None:
             final = await self._move(source, self.failed, rel_path)
         try:
-            folders = await asyncio.to_thread(
+            written = await asyncio.to_thread(
                 write_tree_atomic, self.failed, [(report_path(final), render_report(report))]
             )
-            for folder in folders:
-                await self._sync_folder(folder)
+            await self._sync_folder(written[0].parent)
         except OSError as exc:
             raise LocalIOError(f"cannot write an error report in {self.failed}: {exc}") from exc
         return final

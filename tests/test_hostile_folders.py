@@ -37,9 +37,22 @@ def _submits(fake: FakeAssemblyAI) -> int:
 
 
 async def _run_once(config: Path, *extra: str, timeout_s: float = 60) -> tuple[int, str]:
-    """``run --once``; killed after ``timeout_s`` (a file deferred without end never ends)."""
-    done = await run_cli(daemon_command(config, "--once", *extra), clean_env(), timeout_s)
-    return done.returncode, done.stdout + done.stderr
+    """``run --once``: its exit code and output. Killed after ``timeout_s`` (a layout that
+    loops, or a file deferred without end, never ends), and whenever the test is stopped."""
+    proc = await asyncio.create_subprocess_exec(
+        *daemon_command(config, "--once", *extra),
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
 
 
 # -- D3 + D16: nested layouts, resolved ------------------------------------------------------

@@ -17,7 +17,7 @@ from transcribed import __version__
 from transcribed.config import Settings, load_settings, parse_set_option
 from transcribed.errors import ConfigError, ExitCode
 from transcribed.journal import STATES, Journal, JournalError
-from transcribed.logs import configure_logging
+from transcribed.logs import configure_logging, redact_value, register_secret
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,8 +138,43 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     return uvloop.new_event_loop
 
 
+def printable(text: str) -> str:
+    """``text`` with everything a terminal would act on escaped: control characters (ESC,
+    CSI, newlines), text reordering, and the undecodable bytes of a name (``\\xff``)."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
+
+
 def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
+    """``status``, also when its reader goes away early (``transcribed status | head``)."""
+    try:
+        code = _print_status(settings, as_json=as_json, limit=limit)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's advice: point stdout at /dev/null so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return ExitCode.OK
+    return code
+
+
+def _print_status(settings: Settings, *, as_json: bool, limit: int) -> int:
     state_dir = Path(settings.state_dir).expanduser().absolute()
+    if settings.assemblyai.api_key is not None:
+        register_secret(settings.assemblyai.api_key.get_secret_value())
     try:
         with Journal(state_dir, readonly=True) as journal:
             counts = journal.counts()
@@ -152,8 +187,9 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
             print(f"transcribed: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
     fields = ("id", "path", "state", "transcript_id", "attempts", "last_error", "updated_at")
-    jobs = [{key: row[key] for key in fields} for row in recent]
+    jobs = [redact_value({key: row[key] for key in fields}) for row in recent]
     if as_json:
+        # ensure_ascii: control characters and undecodable name bytes come out as \u escapes.
         print(json.dumps({"counts": counts, "pending": pending, "recent": jobs}, indent=2))
         return 0
     print("state       files")
@@ -164,10 +200,10 @@ def _status(settings: Settings, *, as_json: bool, limit: int) -> int:
         print("\nrecent jobs:")
         for job in jobs:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["updated_at"]))
-            line = f"  {when}  {job['state']:<10} {job['path']}"
+            line = f"  {when}  {job['state']:<10} {printable(str(job['path']))}"
             if job["transcript_id"]:
-                line += f"  [{job['transcript_id']}]"
+                line += f"  [{printable(str(job['transcript_id']))}]"
             if job["last_error"] and job["state"] == "failed":
-                line += f"  error: {job['last_error']}"
+                line += f"  error: {printable(str(job['last_error']))}"
             print(line)
     return 0

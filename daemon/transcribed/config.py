@@ -268,11 +268,14 @@ class LocalSettings(_Section, frozen=True, kw_only=True):
     ] = 120.0
 
 
+OUTPUT_FORMAT = Literal["txt", "json", "srt", "vtt"]
+
+
 class OutputSettings(_Section, frozen=True, kw_only=True):
     """What is written to the outbox for each transcript."""
 
     formats: Annotated[
-        list[Literal["txt", "json", "srt", "vtt"]],
+        list[OUTPUT_FORMAT],
         _doc("""Files written per transcript, at least one: `txt` (the text), `json` (the
         transcript object as the backend returned it), `srt` and `vtt` (captions)."""),
     ] = field(default_factory=lambda: ["txt", "json"])
@@ -334,6 +337,12 @@ class DaemonSettings(_Section, frozen=True, kw_only=True):
         _doc("""With the AssemblyAI backend, the same bytes dropped again, under any name,
         reuse the earlier transcript instead of being uploaded and paid for again."""),
     ] = True
+    accept_empty_journal: Annotated[
+        bool,
+        _doc("""Start although the journal holds no jobs while the output folders already hold
+        results (a journal deleted or replaced by mistake would otherwise let every file be
+        paid for again). Set it once, for the start that should accept it."""),
+    ] = False
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _doc("The least severe level logged.")
     ] = "info"
@@ -408,9 +417,11 @@ class Settings(_Section, frozen=True, kw_only=True):
             "transcription",
             {"speech_models": list(DEFAULT_SPEECH_MODELS), **self.transcription},
         )
-        inbox = self.inbox.expanduser().absolute()
+        # Lexically only ("a/../b" is "b"): the folders may not exist yet. The check that
+        # resolves symlinks runs at start-up, in transcribed.folders.
+        inbox = Path(os.path.normpath(self.inbox.expanduser().absolute()))
         for name in ("outbox", "done", "failed", "state_dir"):
-            other = Path(getattr(self, name)).expanduser().absolute()
+            other = Path(os.path.normpath(Path(getattr(self, name)).expanduser().absolute()))
             if other == inbox or inbox in other.parents:
                 raise _invalid(name, f"{other} must not be inside the inbox ({inbox})", "inbox")
         if self.assemblyai.webhook_url and self.http.address() is None:

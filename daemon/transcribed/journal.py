@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 from transcribed.errors import ConfigError, LocalIOError
 from transcribed.groupsync import GroupSync, fsync_path
+from transcribed.logs import redact
 
 STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
 SCHEMA_VERSION = 1
@@ -113,6 +115,11 @@ class JobRow:
 
 
 _COLUMNS = ", ".join(f.name for f in fields(JobRow))
+_DAMAGED_HINT = (
+    "restore it from a backup, or move it aside to start afresh (if the output folders "
+    "already hold results, that first start needs --set daemon.accept_empty_journal=true)"
+)
+_SUBMIT_MARK = re.compile(r"^submit=(?P<job>\d+)@(?P<at>[0-9.e+-]+)", re.M)
 
 
 class JournalError(ConfigError):
@@ -133,6 +140,10 @@ class Journal:
         self._sync_thread: ThreadPoolExecutor | None = None
         self._syncs: GroupSync | None = None
         self._wal_named = False
+        # The last submit mark set, and the one last written to the lock file (see sync()).
+        self._submit_mark: tuple[int, float] | None = None
+        self._written_mark: tuple[int, float] | None = None
+        self._note_len = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> Journal:
@@ -143,6 +154,8 @@ class Journal:
             self._db = self._connect(uri, uri=True)
             return self
         self._take_lock()
+        assert self._lock_fd is not None
+        last_run = os.pread(self._lock_fd, 4096, 0).decode(errors="replace")
         self._wal_named = False  # a new WAL file each time: its name must be made durable again
         # The fsync every submit waits for gets a thread of its own: in the shared pool it could
         # queue behind a few long calls (hashing a large file, copying a source to another
@@ -159,9 +172,13 @@ class Journal:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            self._check_last_submit(last_run)
+            self._mark_running()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            # OperationalError: locked, unreadable... not damaged; the others are damage.
+            hint = "" if isinstance(exc, sqlite3.OperationalError) else f"; {_DAMAGED_HINT}"
+            raise JournalError(f"cannot open journal {self.path}: {exc}{hint}") from exc
         except JournalError:
             self.close()
             raise
@@ -172,8 +189,70 @@ class Journal:
         if check is None or check[0] != "ok":
             raise JournalError(
                 f"journal {self.path} is corrupt ({check[0] if check else 'no answer'}); "
-                "move it aside to start afresh"
+                f"{_DAMAGED_HINT}"
             )
+
+    def _check_last_submit(self, last_run: str) -> None:
+        """Refuse a journal that lost the last submit its previous run made durable.
+
+        While the journal is open for writing, its lock file names the last job whose submit
+        mark was fsynced (:meth:`sync`), and a clean close empties the file. After a crash,
+        the commits since the last checkpoint live only in the WAL: a WAL deleted
+        (``rm journal.sqlite3-*``), damaged, or left behind by a copy of the database file
+        alone takes them away, and SQLite opens what is left without a word. The jobs
+        submitted (paid for) among them would be submitted again. A WAL checkpointed and
+        removed by a clean close, by any process, loses nothing, and passes."""
+        match = _SUBMIT_MARK.search(last_run)
+        if match is None:
+            return
+        job_id, marked_at = int(match["job"]), float(match["at"])
+        row = self.db.execute(
+            "SELECT updated_at, submit_started_at, transcript_id, state FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is not None and (
+            row[0] >= marked_at
+            or row[1] is not None
+            or row[2] is not None
+            or row[3] not in ("discovered", "uploading")
+        ):
+            return
+        raise JournalError(
+            f"journal {self.path} has lost commits: its last run stopped without closing it, "
+            f"and job {job_id}'s submit, made durable then, is no longer in it (the "
+            f"write-ahead log {self.path.name}-wal was removed, damaged, or not copied with "
+            "the database). Jobs already paid for would be paid again. Put the -wal file "
+            f"back; or, to accept the loss, delete {self._lock_path} and start again"
+        )
+
+    def _mark_running(self) -> None:
+        """Record in the lock file that the journal is open (emptied again by a clean close)."""
+        assert self._lock_fd is not None
+        self._submit_mark = self._written_mark = None
+        note = f"journal={self.path} pid={os.getpid()} open\n".encode()
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, note, 0)
+        os.fsync(self._lock_fd)
+        self._note_len = len(note)
+
+    def _mark_closed(self) -> None:
+        """Checkpoint every commit into the database, then clear the running mark."""
+        if self._db is None or self._lock_fd is None or not self._note_len:
+            return  # not marked in this run: what the last run left stays for the next start
+        try:
+            row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return  # the mark stays: the next start checks the last submit is still there
+        if row is not None and row[0] == 0:  # not busy: every frame is in the database
+            os.ftruncate(self._lock_fd, 0)
+        self._note_len = 0
+
+    def has_history(self) -> bool:
+        """True when the journal holds any job (or ever held one: ids are never reused)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        if row is not None and row[0]:
+            return True
+        return self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None
 
     def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
         try:
@@ -185,7 +264,9 @@ class Journal:
 
     def _take_lock(self) -> None:
         try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(
+                self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            )
         except OSError as exc:
             raise JournalError(f"state_dir {self._lock_path.parent} is not usable: {exc}") from exc
         try:
@@ -201,6 +282,7 @@ class Journal:
         if self._sync_thread is not None:
             self._sync_thread.shutdown()  # after the last durable(): no fsync is left running
             self._sync_thread = self._syncs = None
+        self._mark_closed()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -264,10 +346,15 @@ class Journal:
         ``synchronous=FULL`` does for one. Without a WAL file every commit has already been
         checkpointed (and synced) into the database. Touches no connection: thread-safe.
         """
+        mark = self._submit_mark  # taken before the fsync: its commit is covered by it
         try:
             fsync_path(self.path.with_name(self.path.name + "-wal"))
         except FileNotFoundError:
             return
+        if mark is not None and mark != self._written_mark and self._lock_fd is not None:
+            line = f"submit={mark[0]}@{mark[1]!r}\n".encode().ljust(64)
+            os.pwrite(self._lock_fd, line, self._note_len)
+            self._written_mark = mark
         if not self._wal_named:
             # The WAL is a new file each time the journal opens: make its name durable too.
             fsync_path(self.path.parent)
@@ -427,11 +514,15 @@ class Journal:
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
+        if isinstance(values.get("last_error"), str):  # error texts may echo the API key
+            values["last_error"] = redact(values["last_error"])
         values["updated_at"] = now = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
         # One statement is its own transaction (autocommit), or joins the caller's: either way
         # one call into SQLite instead of three.
         self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+        if values.get("submit_started_at") is not None:
+            self._submit_mark = (job_id, now)  # written to the lock file by the next sync()
         return now
 
     def set_state(self, job_id: int, state: str, **values: Any) -> float:

@@ -31,6 +31,12 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_value(value: Any) -> Any:
+    """``value`` with every registered secret masked in its strings, also inside dicts and
+    lists: for messages stored anywhere (reports, the journal, ``status``), not only logged."""
+    return _scrub(value) if _SECRETS else value
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)

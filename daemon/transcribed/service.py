@@ -32,7 +32,7 @@ from transcribed.errors import (
     ExitCode,
     StartupError,
 )
-from transcribed.folders import prepare_folders, remove_stale_temp_files
+from transcribed.folders import own_folders, prepare_folders
 from transcribed.http import HttpServer
 from transcribed.journal import Journal
 from transcribed.logs import get_logger, register_secret
@@ -228,10 +228,16 @@ class Service:
         with _step("folders"):
             folders = prepare_folders(settings)
         with _step("journal"):
-            self.journal = journal = stack.enter_context(Journal(folders["state_dir"]))
-        # Only now, holding the journal's lock: a second daemon refused above must not delete
-        # the running one's temp files.
-        remove_stale_temp_files(folders["outbox"], folders["failed"], folders["done"])
+            # The inbox's lock and the journal's, then the journal checked against the
+            # folders, and only then stale temp files cleared: a second daemon refused here
+            # touches nothing of the running one's.
+            self.journal = journal = stack.enter_context(
+                own_folders(
+                    folders,
+                    Journal(folders["state_dir"]),
+                    accept_empty_journal=settings.daemon.accept_empty_journal,
+                )
+            )
         if (
             settings.resolved_backend() == "assemblyai"
             and settings.assemblyai.webhook_url

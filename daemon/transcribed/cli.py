@@ -1,5 +1,4 @@
-"""Command line: ``transcribed run | status | retry | models``; ``cli(argv)`` returns the
-exit code."""
+"""Command line: ``transcribed run | status | retry``. ``cli(argv)`` returns the exit code."""
 
 from __future__ import annotations
 

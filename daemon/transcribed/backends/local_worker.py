@@ -258,6 +258,7 @@ class Repeats:
         self._text = ""
         self._run = 0
         self._start_s = 0.0
+        self._first = ""
         self._worst: dict[str, Any] | None = None
 
     def add(self, text: str, start_s: float) -> None:
@@ -266,8 +267,9 @@ class Repeats:
             self._run += 1
         else:
             self._text, self._run, self._start_s = key, 1, start_s
+            self._first = text.strip()[:200]
         if self._run >= REPEAT_LIMIT and (self._worst is None or self._run > self._worst["times"]):
-            self._worst = {"text": text[:200], "times": self._run, "start_s": self._start_s}
+            self._worst = {"text": self._first, "times": self._run, "start_s": self._start_s}
 
     def worst(self) -> dict[str, Any] | None:
         """The longest run of at least ``REPEAT_LIMIT``, or None."""

@@ -27,6 +27,7 @@ from transcribed.backends.local_worker import (
 )
 from transcribed.config import LocalSettings, load_settings
 from transcribed.errors import ConfigError
+from transcribed.metrics import Metrics
 
 # --- device --------------------------------------------------------------------------------
 
@@ -232,6 +233,20 @@ def test_the_backend_logs_a_repetition_the_worker_found() -> None:
 
 
 # --- progress and recycling ----------------------------------------------------------------
+
+
+def test_progress_is_a_metric_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    backend = LocalBackend(LocalSettings(), ["txt"], metrics=metrics)
+    backend._progress[0] = ("a.mp3", 12.5, 60.0)
+    backend._progress[1] = ("b.mp3", 3.0, None)
+    text = metrics.render().decode()
+    assert "transcribed_local_decoded_seconds 15.5" in text
+    assert "transcribed_local_decoding_audio_seconds 60.0" in text
+    assert backend.progress() == [
+        {"path": "a.mp3", "decoded_s": 12.5, "duration_s": 60.0},
+        {"path": "b.mp3", "decoded_s": 3.0, "duration_s": None},
+    ]
 
 
 @pytest.mark.local

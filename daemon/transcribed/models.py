@@ -135,7 +135,7 @@ def local_path(model: str, cache: Path) -> Path | None:
 def cached_path(name: str, cache: Path) -> Path | None:
     """The cached snapshot of ``name``, complete, or None."""
     repo = _repository(name)
-    if not cache.is_dir():
+    if not cache.is_dir() or importlib.util.find_spec("huggingface_hub") is None:
         return None
     from huggingface_hub import snapshot_download
 
@@ -171,6 +171,8 @@ def pull(name: str, cache: Path, on_progress: Callable[[int, int], None] | None 
     if (path := bundled_path(name)) is not None:
         return path
     repo = _repository(name)
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise ConfigError(f"fetching the {name} model needs: {EXTRA_HINT}")
     from huggingface_hub import snapshot_download
     from tqdm.auto import tqdm
 

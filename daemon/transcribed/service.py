@@ -74,7 +74,9 @@ def make_backend(
     from transcribed.backends.local import LocalBackend
     from transcribed.models import cache_dir
 
-    return LocalBackend(settings.local, settings.output.formats, models_dir=cache_dir(settings))
+    return LocalBackend(
+        settings.local, settings.output.formats, models_dir=cache_dir(settings), metrics=metrics
+    )
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
 from transcribed import models
 from transcribed.backends import Capabilities, Checkpoints, Job, Result
@@ -44,6 +45,7 @@ from transcribed.backends.local_worker import Request, WorkerOptions
 from transcribed.backends.local_worker import main as worker_main
 from transcribed.config import LocalSettings
 from transcribed.errors import ConfigError, PermanentError, TransientError
+from transcribed.metrics import Metrics
 from transcribed.models import EXTRA_HINT
 
 log = structlog.get_logger(__name__)
@@ -94,7 +96,12 @@ class LocalBackend:
     name = "local"
 
     def __init__(
-        self, settings: LocalSettings, formats: Sequence[str], *, models_dir: Path | None = None
+        self,
+        settings: LocalSettings,
+        formats: Sequence[str],
+        *,
+        models_dir: Path | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.models_dir = (models_dir or settings.models_dir or DEFAULT_MODELS_DIR).absolute()
@@ -113,11 +120,28 @@ class LocalBackend:
         self._progress: dict[int, tuple[str, float, float | None]] = {}
         self._engine: dict[str, Any] = {}
         self._closed = False
+        if metrics is not None:
+            self._watch_progress(metrics)
 
     @property
     def worker_pids(self) -> list[int | None]:
         """The process id of each worker slot (``None`` while it is being replaced)."""
         return [w.pid if w is not None else None for w in self._workers]
+
+    def _watch_progress(self, metrics: Metrics) -> None:
+        """Two gauges read at scrape time: how far the files being decoded now have got."""
+        decoded = Gauge(
+            "transcribed_local_decoded_seconds",
+            "Seconds of audio the local engine has decoded so far of the files it is on now.",
+            registry=metrics.registry,
+        )
+        decoded.set_function(lambda: sum(done for _, done, _ in self._progress.values()))
+        total = Gauge(
+            "transcribed_local_decoding_audio_seconds",
+            "Length of the files the local engine is on now (known lengths only).",
+            registry=metrics.registry,
+        )
+        total.set_function(lambda: sum(t or 0.0 for _, _, t in self._progress.values()))
 
     def progress(self) -> list[dict[str, Any]]:
         """The files being decoded now: path, seconds decoded, duration (None: not known)."""
@@ -344,6 +368,8 @@ class LocalBackend:
                     if isinstance(value, int | float) and value > 0:
                         duration = float(value)
                         limit = max(limit, settings.timeout_factor * duration)
+                    done = self._progress.get(worker.slot, ("", 0.0, None))[1]
+                    self._progress[worker.slot] = (job.rel_path, done, duration)
                 elif kind == "progress":
                     done = float(value)
                     self._progress[worker.slot] = (job.rel_path, done, duration)
@@ -359,6 +385,14 @@ class LocalBackend:
                 elif kind == "ok":
                     worker.files += 1
                     worker.rss_mb = float(value.get("rss_mb") or 0.0)
+                    log.debug(
+                        "local_file_decoded",
+                        path=job.rel_path,
+                        slot=worker.slot,
+                        files=worker.files,
+                        rss_mb=round(worker.rss_mb),
+                        peak_rss_mb=round(float(value.get("peak_rss_mb") or 0.0)),
+                    )
                     return dict(value)
                 elif kind == "failed":
                     worker.files += 1

@@ -17,6 +17,7 @@ from test_local_backend import SAMPLES, NoCheckpoints, job, make_backend
 from transcribed import models
 from transcribed.backends import local
 from transcribed.backends.local import LocalBackend
+from transcribed.backends.local_result import to_result
 from transcribed.backends.local_worker import (
     REPEAT_LIMIT,
     Repeats,
@@ -148,9 +149,8 @@ def test_auto_language_goes_through_detection_into_the_transcript() -> None:
 
     assert scores.asked >= 1
     assert (payload["language"], payload["language_probability"]) == ("en", 0.8125)
-    backend = LocalBackend(settings, ["json"])
     with structlog.testing.capture_logs() as logs:
-        transcript = backend._result(payload, job(path)).transcript
+        transcript = to_result(payload, settings, {}, "kitchen.mp3").transcript
     assert (transcript["language_code"], transcript["language_confidence"]) == ("en", 0.8125)
     detected = [e for e in logs if e["event"] == "language_detected"]
     assert detected == [
@@ -217,7 +217,6 @@ def test_text_repeated_with_other_segments_between_is_not_flagged() -> None:
 
 
 def test_the_backend_logs_a_repetition_the_worker_found() -> None:
-    backend = LocalBackend(LocalSettings(), ["txt"])
     payload = {
         "text": "x",
         "words": [],
@@ -227,7 +226,7 @@ def test_the_backend_logs_a_repetition_the_worker_found() -> None:
         "repetition": {"text": "Thank you.", "times": 9, "start_s": 12.0},
     }
     with structlog.testing.capture_logs() as logs:
-        backend._result(payload, job(SAMPLES / "kitchen.mp3"))
+        to_result(payload, LocalSettings(), {}, "kitchen.mp3")
     flagged = [e for e in logs if e["event"] == "repetition_detected"]
     assert flagged and flagged[0]["times"] == 9 and flagged[0]["path"] == "kitchen.mp3"
 

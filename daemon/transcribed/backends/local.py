@@ -26,7 +26,6 @@ import dataclasses
 import importlib.util
 import multiprocessing
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from prometheus_client import Gauge
 
 from transcribed import models
 from transcribed.backends import Capabilities, Checkpoints, Job, Result
+from transcribed.backends.local_result import to_result
 from transcribed.backends.local_worker import Request, WorkerOptions
 from transcribed.backends.local_worker import main as worker_main
 from transcribed.config import LocalSettings
@@ -297,7 +297,7 @@ class LocalBackend:
                 )
                 self._recycling.add(task)
                 task.add_done_callback(self._recycling.discard)
-        return self._result(payload, job)
+        return to_result(payload, self.settings, self._engine, job.rel_path)
 
     def _worn_out(self, worker: _Worker) -> str | None:
         """Why a worker that just answered should be replaced before its next file, or None."""
@@ -526,39 +526,3 @@ class LocalBackend:
         worker.exitcode = process.exitcode
         if worker.exitcode is not None:
             process.close()
-
-    def _result(self, payload: dict[str, Any], job: Job) -> Result:
-        """The worker's answer in AssemblyAI's transcript shape."""
-        words: list[dict[str, Any]] = list(payload["words"])
-        confidences = [float(w["confidence"]) for w in words]
-        language = str(payload.get("language") or "en")
-        probability = payload.get("language_probability")
-        language_confidence = round(float(probability), 4) if probability is not None else None
-        if self.settings.language == "auto":
-            log.info(
-                "language_detected",
-                path=job.rel_path,
-                language=language,
-                probability=language_confidence,
-            )
-        if repetition := payload.get("repetition"):
-            log.warning("repetition_detected", path=job.rel_path, **dict(repetition))
-        transcript: dict[str, Any] = {
-            "id": f"local-{uuid.uuid4().hex}",
-            "status": "completed",
-            "text": payload["text"],
-            "words": words,
-            "audio_duration": round(float(payload["duration_s"])),
-            "language_code": language,
-            "language_confidence": language_confidence,
-            "confidence": (round(sum(confidences) / len(confidences), 4) if confidences else None),
-            "engine": {
-                "name": "faster-whisper",
-                "model": self.settings.model,
-                "device": self._engine.get("device"),
-                "compute_type": self._engine.get("compute_type", self.settings.compute_type),
-                "beam_size": self.settings.beam_size,
-                "vad": self.settings.vad,
-            },
-        }
-        return Result(transcript=transcript, subtitles=dict(payload.get("subtitles") or {}))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from conftest import Folders, clean_env, run_cli, write_config
 from test_local_backend import SAMPLES, NoCheckpoints, job, make_backend
 from transcribed import models
 from transcribed.backends import local
@@ -78,6 +80,18 @@ def test_an_english_only_model_with_another_language_is_a_config_error() -> None
         load_settings(None, {}, {"local.model": "small", "local.language": "DE"}).local.language
         == "de"
     )
+
+
+async def test_the_daemon_exits_2_for_an_english_only_model_with_another_language(
+    folders: Folders,
+) -> None:
+    config = write_config(folders, None, backend="local", **{"local.language": "de"})
+    done = await run_cli(
+        [sys.executable, "-m", "transcribed", "run", "--once", "--config", str(config)],
+        clean_env(),
+    )
+    assert done.returncode == 2
+    assert "local.language: 'de' needs a multilingual model" in done.stderr
 
 
 def test_a_language_that_is_not_a_code_is_a_config_error() -> None:

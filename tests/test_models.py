@@ -90,6 +90,10 @@ async def test_models_pull_fetches_a_named_model_with_progress_and_the_engine_lo
     snapshot = Path(done.stdout.split(": ", 1)[1].strip())
     assert cache in snapshot.parents and (snapshot / "model.bin").is_file()
 
+    again = await run_cli(cli(config, "models", "pull", "tiny"), clean_env(HF_HUB_OFFLINE="1"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == done.stdout  # found in the cache, without the network
+
     listed = await run_cli(cli(config, "models", "list", "--json"), env)
     assert {(m["name"], m["source"]) for m in json.loads(listed.stdout)["models"]} == {
         ("tiny.en", "bundled"),

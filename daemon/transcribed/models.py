@@ -164,11 +164,12 @@ def resolve(model: str, cache: Path, *, fetch: bool = True) -> Path:
 
 
 def pull(name: str, cache: Path, on_progress: Callable[[int, int], None] | None = None) -> Path:
-    """Fetch ``name`` into ``cache`` (a no-op when it is there), logging progress.
+    """Fetch ``name`` into ``cache`` (a no-op, offline too, when it is there), logging progress.
 
     ``on_progress(done_bytes, total_bytes)`` hears the same figures as the log. Raises
     ``ConfigError`` when the hub cannot be reached or refuses."""
-    if (path := bundled_path(name)) is not None:
+    if (path := bundled_path(name) or cached_path(name, cache)) is not None:
+        log.info("model_present", model=name, path=str(path))
         return path
     repo = _repository(name)
     if importlib.util.find_spec("huggingface_hub") is None:

@@ -311,3 +311,17 @@ async def _until_idle(backend: LocalBackend) -> None:
     """Wait until no replacement is being started."""
     while backend._recycling:
         await asyncio.gather(*backend._recycling, return_exceptions=True)
+
+
+@pytest.mark.local
+async def test_closing_while_a_worker_is_being_replaced_leaves_no_process_behind() -> None:
+    import multiprocessing
+
+    backend = await make_backend(workers=1, max_files_per_worker=1)
+    try:
+        await backend.transcribe(job(SAMPLES / "kitchen.mp3"), NoCheckpoints())
+        assert backend._recycling  # the replacement has begun
+    finally:
+        await backend.close()
+    left = [p.name for p in multiprocessing.active_children() if p.name.startswith("transcribed")]
+    assert left == []

@@ -116,6 +116,8 @@ class LocalBackend:
         self._slot_locks: list[asyncio.Lock] = []
         self._supervisor: asyncio.Task[None] | None = None
         self._recycling: set[asyncio.Task[None]] = set()
+        #: Stops of recycled workers, which ``close`` lets finish rather than cancels.
+        self._stopping: set[asyncio.Task[None]] = set()
         #: Per slot: seconds of audio decoded so far and the file's duration, while it runs.
         self._progress: dict[int, tuple[str, float, float | None]] = {}
         self._engine: dict[str, Any] = {}
@@ -246,6 +248,7 @@ class LocalBackend:
             with contextlib.suppress(BaseException):
                 await task
         self._supervisor = None
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         workers = [w for w in self._workers if w is not None]
         self._workers = [None] * len(self._workers)
         for worker in workers:
@@ -331,7 +334,11 @@ class LocalBackend:
                 self._workers[slot] = None
                 with contextlib.suppress(OSError):
                     worker.conn.send(None)
-                await self._stop(worker, polite=True)
+                # Out of our hands now: close() cancels this task, but waits for the stop.
+                stopping = asyncio.create_task(self._stop(worker, polite=True))
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
+                await asyncio.shield(stopping)
                 if self._closed:
                     return
                 try:

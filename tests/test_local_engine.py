@@ -314,14 +314,32 @@ async def _until_idle(backend: LocalBackend) -> None:
 
 
 @pytest.mark.local
-async def test_closing_while_a_worker_is_being_replaced_leaves_no_process_behind() -> None:
+async def test_closing_while_a_worker_is_being_replaced_leaves_no_process_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import multiprocessing
 
     backend = await make_backend(workers=1, max_files_per_worker=1)
+    old_pid = backend.worker_pids[0]
+    stopping, release = asyncio.Event(), asyncio.Event()
+    real_stop = backend._stop
+
+    async def held_stop(worker: Any, *, polite: bool) -> None:
+        if worker.pid == old_pid:  # the replacement has begun: hold it there
+            stopping.set()
+            await release.wait()
+        await real_stop(worker, polite=polite)
+
+    monkeypatch.setattr(backend, "_stop", held_stop)
     try:
         await backend.transcribe(job(SAMPLES / "kitchen.mp3"), NoCheckpoints())
-        assert backend._recycling  # the replacement has begun
+        await asyncio.wait_for(stopping.wait(), 30)
+        closing = asyncio.create_task(backend.close())
+        await asyncio.sleep(0)  # close() cancels the replacement now
+        release.set()
+        await asyncio.wait_for(closing, 30)
     finally:
+        release.set()
         await backend.close()
-    left = [p.name for p in multiprocessing.active_children() if p.name.startswith("transcribed")]
+    left = [p.pid for p in multiprocessing.active_children() if p.name.startswith("transcribed")]
     assert left == []

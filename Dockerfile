@@ -2,6 +2,7 @@
 #
 #   docker build -t transcribed .                          # with the local engine (default)
 #   docker build -t transcribed:cloud --target cloud .     # AssemblyAI only, much smaller
+#   docker build -t transcribed:small --build-arg MODEL=small .   # another model, fetched now
 #   docker run -d --init --user "$(id -u):$(id -g)" -v "$PWD/data:/data" \
 #       -e ASSEMBLYAI_API_KEY -p 127.0.0.1:8765:8765 transcribed
 #
@@ -40,6 +41,12 @@ RUN python -m venv /opt/transcribed \
  && /opt/transcribed/bin/pip install --quiet "${wheel}[local]" \
  && /opt/transcribed/bin/pip uninstall --quiet --yes pip setuptools \
  && find /opt/transcribed -depth -type d -path '*/site-packages/*' -name tests -exec rm -rf {} +
+# The local engine's model (local.model): tiny.en is bundled; any other name (small,
+# large-v3-turbo, ...) is fetched here, so the image needs no network to start.
+ARG MODEL=tiny.en
+RUN install -d /opt/transcribed-models \
+ && /opt/transcribed/bin/transcribed models pull "${MODEL}" \
+        --set local.models_dir=/opt/transcribed-models --set daemon.log_format=json
 
 # -- runtime: no compilers, no pip cache, a non-root user, folders ready under /data --------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -75,6 +82,13 @@ CMD ["run"]
 FROM runtime AS cloud
 COPY --from=venv-cloud /opt/transcribed /opt/transcribed
 
-# The default target, last: cloud and, with no API key, the embedded engine (tiny.en).
+# The default target, last: cloud and, with no API key, the embedded engine (--build-arg MODEL,
+# tiny.en by default). Models named at run time are fetched into /opt/transcribed-models, which
+# belongs to the image's user; mount a volume there (or set TRANSCRIBED_LOCAL__MODELS_DIR) to
+# keep them across containers.
 FROM runtime AS local
+ARG MODEL=tiny.en
+COPY --from=venv-local --chown=10001:10001 /opt/transcribed-models /opt/transcribed-models
 COPY --from=venv-local /opt/transcribed /opt/transcribed
+ENV TRANSCRIBED_LOCAL__MODEL=${MODEL} \
+    TRANSCRIBED_LOCAL__MODELS_DIR=/opt/transcribed-models

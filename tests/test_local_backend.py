@@ -103,7 +103,7 @@ def sample_paths() -> list[Path]:
 
 
 def test_unknown_model_name_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="neither a model folder nor a bundled model"):
+    with pytest.raises(ConfigError, match="neither a model folder nor a model name"):
         resolve_model("large-v9")
 
 
@@ -189,12 +189,15 @@ async def test_result_has_the_assemblyai_transcript_shape(backend: LocalBackend)
     assert transcript["id"].startswith("local-")
     assert transcript["status"] == "completed"
     assert transcript["language_code"] == "en"
+    assert transcript["language_confidence"] == 1.0  # an English-only model: no detection
     assert transcript["audio_duration"] == round(audio_ms(path) / 1000)
     assert transcript["engine"] == {
         "name": "faster-whisper",
         "model": "tiny.en",
+        "device": "cpu",
         "compute_type": "int8",
         "beam_size": LocalSettings().beam_size,
+        "vad": False,
     }
     words = transcript["words"]
     assert " ".join(w["text"] for w in words) == transcript["text"]

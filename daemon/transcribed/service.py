@@ -72,8 +72,11 @@ def make_backend(
             webhook_secret=webhook_secret,
         )
     from transcribed.backends.local import LocalBackend
+    from transcribed.models import cache_dir
 
-    return LocalBackend(settings.local, settings.output.formats)
+    return LocalBackend(
+        settings.local, settings.output.formats, models_dir=cache_dir(settings), metrics=metrics
+    )
 
 
 @contextlib.contextmanager

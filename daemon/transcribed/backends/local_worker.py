@@ -2,10 +2,12 @@
 
 :class:`~transcribed.backends.local.LocalBackend` starts :func:`main` in a process of its own
 (the ``spawn`` start method) and talks to it over a duplex pipe. The worker loads the model once,
-says ``("ready", info)``, then handles one :class:`Request` at a time:
+says ``("ready", info)`` (or ``("config", reason)`` when the settings do not fit the model),
+then handles one :class:`Request` at a time:
 
 - ``("duration", seconds | None)`` as soon as the container is open, so the parent can set the
   time limit for this file, and again once the audio is decoded (then exact);
+- ``("progress", seconds)`` as each segment comes out: the audio decoded so far;
 - then ``("ok", payload)`` with the transcript pieces, or ``("failed", reason)`` when the file
   cannot be decoded.
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,15 +35,25 @@ SAMPLE_RATE = 16_000
 MIN_DECODED_SHARE = 0.5
 #: Languages Whisper writes without spaces; elsewhere a piece without one continues a word.
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+#: The same segment text this many times in a row is a decoding loop (``repetition``).
+REPEAT_LIMIT = 4
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker loads its model (fixed for the life of the process)."""
+    """How a worker loads its model (fixed for the life of the process).
+
+    ``cpu_threads`` is per process, so the backend may start workers with different thread
+    counts (all of the engine's threads for one long file, one each for many short ones)."""
 
     model_path: str
-    compute_type: str
-    cpu_threads: int
+    compute_type: str = "auto"
+    cpu_threads: int = 1
+    device: str = "auto"
+    #: Checked against the model at load: a language an English-only model cannot do.
+    language: str = "auto"
+    #: Checked at load (faster-whisper's ``VadOptions``), so a typo stops the start-up.
+    vad_parameters: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,10 +64,35 @@ class Request:
     beam_size: int
     language: str | None
     formats: tuple[str, ...]
+    vad: bool = False
+    vad_parameters: tuple[tuple[str, Any], ...] = ()
+    condition_on_previous_text: bool = True
 
 
 class AudioError(Exception):
     """The file is not audio we can decode; the message says why."""
+
+
+class SetupError(Exception):
+    """The settings do not fit this model or engine (a configuration error in the parent)."""
+
+
+def choose_device(device: str, compute_type: str, cuda_devices: int) -> tuple[str, str, str]:
+    """``(device, compute_type, reason)`` for the requested ones, given the GPUs CTranslate2
+    sees: ``auto`` is CUDA when there is a GPU; ``auto`` compute is float16 there, int8 on a
+    CPU."""
+    if device == "auto":
+        if cuda_devices > 0:
+            device, reason = "cuda", f"CTranslate2 sees {cuda_devices} CUDA device(s)"
+        else:
+            device, reason = "cpu", "CTranslate2 sees no CUDA device"
+    else:
+        reason = "configured"
+    if device == "cuda" and cuda_devices == 0:
+        raise SetupError("local.device = 'cuda', but CTranslate2 sees no CUDA device")
+    if compute_type == "auto":
+        compute_type = "float16" if device == "cuda" else "int8"
+    return device, compute_type, reason
 
 
 def main(conn: Connection, options: WorkerOptions) -> None:
@@ -67,6 +106,9 @@ def main(conn: Connection, options: WorkerOptions) -> None:
         model, info = _load(options)
     except ImportError as exc:
         conn.send(("missing", f"{exc.name or exc}"))
+        return
+    except SetupError as exc:
+        conn.send(("config", str(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -93,21 +135,59 @@ def main(conn: Connection, options: WorkerOptions) -> None:
 
 def _load(options: WorkerOptions) -> tuple[Any, dict[str, Any]]:
     began = time.perf_counter()
+    import ctranslate2
     import faster_whisper
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+    from faster_whisper.vad import VadOptions
 
+    try:
+        VadOptions(**dict(options.vad_parameters))
+    except TypeError as exc:
+        raise SetupError(f"local.vad_parameters: {exc}") from None
+    if options.language != "auto" and options.language not in _LANGUAGE_CODES:
+        raise SetupError(f"local.language: {options.language!r} is not a language Whisper knows")
+    device, compute_type, reason = choose_device(
+        options.device, options.compute_type, ctranslate2.get_cuda_device_count()
+    )
     model = faster_whisper.WhisperModel(
         options.model_path,
-        device="cpu",
-        compute_type=options.compute_type,
+        device=device,
+        compute_type=compute_type,
         cpu_threads=options.cpu_threads,
         num_workers=1,
     )
+    multilingual = bool(model.model.is_multilingual)
+    if not multilingual and options.language not in ("auto", "en"):
+        raise SetupError(
+            f"local.language: {options.language!r} needs a multilingual model, and the model "
+            f"in {options.model_path} knows only English"
+        )
     info = {
         "pid": os.getpid(),
         "load_s": time.perf_counter() - began,
         "faster_whisper": getattr(faster_whisper, "__version__", "unknown"),
+        "device": device,
+        "compute_type": compute_type,
+        "device_reason": reason,
+        "multilingual": multilingual,
     }
     return model, info
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in megabytes (Linux; peak elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, in megabytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
 
 
 def _transcribe(model: Any, request: Request, conn: Connection) -> dict[str, Any]:
@@ -120,14 +200,19 @@ def _transcribe(model: Any, request: Request, conn: Connection) -> dict[str, Any
         language=request.language,
         beam_size=request.beam_size,
         word_timestamps=True,
-        vad_filter=False,
+        vad_filter=request.vad,
+        vad_parameters=dict(request.vad_parameters) if request.vad else None,
+        condition_on_previous_text=request.condition_on_previous_text,
     )
     words: list[dict[str, Any]] = []
     cue_segments: list[list[subtitles.Word]] = []
     texts: list[str] = []
     spaced = info.language not in UNSPACED_LANGUAGES
+    repeats = Repeats()
     for segment in segments:
+        conn.send(("progress", float(segment.end)))
         texts.append(segment.text.strip())
+        repeats.add(texts[-1], float(segment.start))
         seg_words, probabilities = _words(segment.words or (), spaced)
         if not seg_words:
             start_ms, end_ms = round(segment.start * 1000), round(segment.end * 1000)
@@ -160,7 +245,35 @@ def _transcribe(model: Any, request: Request, conn: Connection) -> dict[str, Any
         "subtitles": rendered,
         "decode_s": decoded_s,
         "total_s": time.perf_counter() - began,
+        "repetition": repeats.worst(),
+        "rss_mb": rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+class Repeats:
+    """The longest run of one segment text in a row: Whisper's loop on silence or noise."""
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._run = 0
+        self._start_s = 0.0
+        self._first = ""
+        self._worst: dict[str, Any] | None = None
+
+    def add(self, text: str, start_s: float) -> None:
+        key = " ".join(text.lower().split())
+        if key and key == self._text:
+            self._run += 1
+        else:
+            self._text, self._run, self._start_s = key, 1, start_s
+            self._first = text.strip()[:200]
+        if self._run >= REPEAT_LIMIT and (self._worst is None or self._run > self._worst["times"]):
+            self._worst = {"text": self._first, "times": self._run, "start_s": self._start_s}
+
+    def worst(self) -> dict[str, Any] | None:
+        """The longest run of at least ``REPEAT_LIMIT``, or None."""
+        return self._worst
 
 
 def _words(pieces: Any, spaced: bool) -> tuple[list[subtitles.Word], list[float]]:

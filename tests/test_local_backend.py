@@ -21,7 +21,8 @@ import pytest
 import srt
 import webvtt
 
-from transcribed.backends import Job
+from conftest import eventually
+from transcribed.backends import Job, Result
 from transcribed.backends.local import LocalBackend, resolve_model
 from transcribed.config import LocalSettings
 from transcribed.errors import ConfigError, PermanentError, TransientError
@@ -270,14 +271,21 @@ async def test_corrupt_files_fail_alone(backend: LocalBackend, tmp_path: Path) -
     assert "conference room" in good_result.text
 
 
+async def _decoding(backend: LocalBackend, one: Job) -> asyncio.Task[Result]:
+    """Start ``one`` and return once its request is with the worker (the "decoding" phase)."""
+    checkpoints = NoCheckpoints()
+    task = asyncio.create_task(backend.transcribe(one, checkpoints))
+    await eventually(lambda: "decoding" in checkpoints.phases or task.done(), 30, "decoding")
+    return task
+
+
 @pytest.mark.local
 async def test_a_crashed_worker_fails_its_file_and_is_replaced() -> None:
     backend = await make_backend(workers=1)
     try:
         (pid,) = backend.worker_pids
         assert pid is not None
-        task = asyncio.create_task(backend.transcribe(job(SAMPLES / "train.mp3"), NoCheckpoints()))
-        await asyncio.sleep(0.05)
+        task = await _decoding(backend, job(SAMPLES / "train.mp3"))
         os.kill(pid, signal.SIGSTOP)  # make sure it cannot finish first
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(PermanentError, match="crashed"):
@@ -296,8 +304,7 @@ async def test_a_hung_worker_times_out_and_is_replaced() -> None:
     try:
         (pid,) = backend.worker_pids
         assert pid is not None
-        task = asyncio.create_task(backend.transcribe(job(SAMPLES / "train.mp3"), NoCheckpoints()))
-        await asyncio.sleep(0.05)
+        task = await _decoding(backend, job(SAMPLES / "train.mp3"))
         os.kill(pid, signal.SIGSTOP)
         began = time.monotonic()
         with pytest.raises(PermanentError, match="longer than 2s"):
@@ -314,8 +321,7 @@ async def test_a_hung_worker_times_out_and_is_replaced() -> None:
 async def test_cancelled_job_frees_its_worker() -> None:
     backend = await make_backend(workers=1)
     try:
-        task = asyncio.create_task(backend.transcribe(job(SAMPLES / "train.mp3"), NoCheckpoints()))
-        await asyncio.sleep(0.05)
+        task = await _decoding(backend, job(SAMPLES / "train.mp3"))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -328,8 +334,7 @@ async def test_cancelled_job_frees_its_worker() -> None:
 @pytest.mark.local
 async def test_close_during_a_job_is_not_the_files_fault() -> None:
     backend = await make_backend(workers=1)
-    task = asyncio.create_task(backend.transcribe(job(SAMPLES / "train.mp3"), NoCheckpoints()))
-    await asyncio.sleep(0.05)
+    task = await _decoding(backend, job(SAMPLES / "train.mp3"))
     await backend.close()
     with pytest.raises(TransientError):
         await task

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import random
 import signal
@@ -127,8 +128,6 @@ class Completed:
     stderr: str
 
     def events(self) -> list[dict[str, Any]]:
-        import json
-
         return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
 
 
@@ -179,8 +178,6 @@ class Daemon:
         return self
 
     def events(self) -> list[dict[str, Any]]:
-        import json
-
         with self.log_path.open("rb") as handle:
             handle.seek(self._offset)
             text = handle.read().decode(errors="replace")
@@ -240,8 +237,13 @@ async def _reap_daemons() -> AsyncIterator[None]:
     yield
     leftovers = list(_STARTED_DAEMONS)
     _STARTED_DAEMONS.clear()
+    stuck = []
     for daemon in reversed(leftovers):
-        await daemon.reap()
+        try:
+            await daemon.reap()
+        except TimeoutError:
+            stuck.append(daemon.proc.pid)
+    assert not stuck, f"daemons still there 30 s after SIGKILL: {stuck}"
 
 
 class Services:

@@ -51,7 +51,8 @@ fi
 
 for name in assertion timeout; do
   pid=$(<"$markers/$name.pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Alive, and not a zombie waiting for a reaper (field 3 of /proc/PID/stat is the state).
+  if [[ -r /proc/$pid/stat && $(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then
     leftovers+=("daemon pid $pid (the '$name' probe) is still running")
   fi
 done

@@ -116,9 +116,11 @@ def test_folder_without_model_bin_is_a_config_error(tmp_path: Path) -> None:
 async def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("transcribed.backends.local.importlib.util.find_spec", lambda name: None)
     backend = LocalBackend(LocalSettings(), ["txt"])
-    with pytest.raises(ConfigError, match=r"pip install 'transcribed\[local\]'"):
-        await backend.start()
-    await backend.close()
+    try:
+        with pytest.raises(ConfigError, match=r"pip install 'transcribed\[local\]'"):
+            await backend.start()
+    finally:
+        await backend.close()
 
 
 @pytest.mark.local
@@ -154,9 +156,11 @@ def test_main_process_never_imports_the_engine() -> None:
 async def test_a_model_the_engine_cannot_load_is_a_config_error() -> None:
     pytest.importorskip("faster_whisper")
     backend = LocalBackend(LocalSettings(compute_type="bogus", workers=2), ["txt"])
-    with pytest.raises(ConfigError, match=r"cannot load the local model 'tiny\.en'.*bogus"):
-        await backend.start()
-    await backend.close()
+    try:
+        with pytest.raises(ConfigError, match=r"cannot load the local model 'tiny\.en'.*bogus"):
+            await backend.start()
+    finally:
+        await backend.close()
     assert backend.worker_pids == [None, None]
 
 
@@ -334,8 +338,10 @@ async def test_cancelled_job_frees_its_worker() -> None:
 @pytest.mark.local
 async def test_close_during_a_job_is_not_the_files_fault() -> None:
     backend = await make_backend(workers=1)
-    task = await _decoding(backend, job(SAMPLES / "train.mp3"))
-    await backend.close()
+    try:
+        task = await _decoding(backend, job(SAMPLES / "train.mp3"))
+    finally:
+        await backend.close()
     with pytest.raises(TransientError):
         await task
 
@@ -386,3 +392,4 @@ async def test_stopping_the_workers_does_not_wait_behind_the_shared_thread_pool(
     finally:
         release.set()
         await busy
+        await started.close()  # a no-op unless the close above failed

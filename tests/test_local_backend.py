@@ -20,6 +20,7 @@ import jiwer
 import pytest
 import srt
 import webvtt
+from msgspec.structs import replace
 
 from conftest import eventually
 from transcribed.backends import Job, Result
@@ -308,13 +309,15 @@ async def test_a_hung_worker_times_out_and_is_replaced() -> None:
     try:
         (pid,) = backend.worker_pids
         assert pid is not None
+        began = time.monotonic()  # before the engine's own clock starts: no early firing
         task = await _decoding(backend, job(SAMPLES / "train.mp3"))
         os.kill(pid, signal.SIGSTOP)
-        began = time.monotonic()
         with pytest.raises(PermanentError, match="longer than 2s"):
             await task
-        assert 1.5 < time.monotonic() - began < 10
+        assert 1.9 < time.monotonic() - began < 30
 
+        # Only the hung file is timed: the next one may take its time on a busy machine.
+        backend.settings = replace(backend.settings, min_timeout_s=120.0)
         result = await backend.transcribe(job(SAMPLES / "library.mp3"), NoCheckpoints())
         assert "library" in result.text.lower()
     finally:

@@ -221,9 +221,9 @@ class Daemon:
         """SIGKILL the daemon and its process group if still there, wait for it, close the log."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.returncode is None:
+        if self.proc.returncode is None:  # not reaped yet, so the group id is still ours
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             await asyncio.wait_for(self.proc.wait(), timeout_s)
         self.close()
 

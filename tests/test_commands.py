@@ -8,7 +8,15 @@ import threading
 
 import pytest
 
-from conftest import API_KEY, Folders, expected_text, make_audio, overrides_for, settings_for
+from conftest import (
+    API_KEY,
+    Folders,
+    Services,
+    expected_text,
+    make_audio,
+    overrides_for,
+    settings_for,
+)
 from fakeapi import FakeAssemblyAI
 from transcribed import cli as cli_module
 from transcribed.cli import cli, use_io_threads
@@ -23,11 +31,11 @@ def _args(folders: Folders, fake: FakeAssemblyAI) -> list[str]:
 
 
 async def test_status_counts_states_and_lists_recent_jobs_without_the_key(
-    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str]
+    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str], services: Services
 ) -> None:
     make_audio(folders.inbox / "good.mp3", seed=1)
     (folders.inbox / "bad.mp3").write_text("not audio at all " * 300)
-    assert await Service(settings_for(folders, fake), once=True).run() == 1
+    assert await services.run(settings_for(folders, fake), once=True) == 1
     capsys.readouterr()
 
     assert cli(["status", "--json", *_args(folders, fake)], environ={}) == 0
@@ -51,11 +59,11 @@ def test_status_before_any_run_reports_zero(
 
 
 async def test_retry_moves_failed_sources_back_and_clears_reports(
-    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str]
+    folders: Folders, fake: FakeAssemblyAI, capsys: pytest.CaptureFixture[str], services: Services
 ) -> None:
     sha = make_audio(folders.inbox / "sub" / "flaky.mp3", seed="flaky")
     fake.config.error_for.add(sha)
-    assert await Service(settings_for(folders, fake), once=True).run() == 1
+    assert await services.run(settings_for(folders, fake), once=True) == 1
     assert (folders.failed / "sub" / "flaky.mp3.error.json").is_file()
 
     assert cli(["retry", *_args(folders, fake)], environ={}) == 0
@@ -65,7 +73,7 @@ async def test_retry_moves_failed_sources_back_and_clears_reports(
     assert not (folders.failed / "sub" / "flaky.mp3.error.json").exists()
 
     fake.config.error_for.clear()
-    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake), once=True) == 0
     assert (folders.outbox / "sub" / "flaky.txt").read_text() == expected_text(sha) + "\n"
 
 

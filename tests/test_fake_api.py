@@ -707,10 +707,13 @@ async def test_stop_cancels_running_jobs_and_frees_the_port() -> None:
     with pytest.raises(RuntimeError):
         _ = server.base_url
     await server.start()
-    async with aiohttp.ClientSession(server.base_url, headers={"Authorization": "test-key"}) as s:
-        job = await submit(s, await upload(s, mp3_bytes()))
-    await server.wait_for_status(job["id"], "processing")
-    await server.stop()
+    try:
+        headers = {"Authorization": "test-key"}
+        async with aiohttp.ClientSession(server.base_url, headers=headers) as s:
+            job = await submit(s, await upload(s, mp3_bytes()))
+        await server.wait_for_status(job["id"], "processing")
+    finally:
+        await server.stop()
     assert server.transcripts[job["id"]].status == "processing"
     assert server.background_errors == []
 

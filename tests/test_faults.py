@@ -11,7 +11,7 @@ import pytest
 import structlog
 from msgspec.structs import replace
 
-from conftest import API_KEY, Folders, eventually, expected_text, make_audio, settings_for
+from conftest import API_KEY, Folders, Services, eventually, expected_text, make_audio, settings_for
 from fakeapi import (
     ROUTE_LIST,
     ROUTE_SUBMIT,
@@ -23,7 +23,6 @@ from transcribed.backends import Job
 from transcribed.backends.assemblyai import AssemblyAIBackend
 from transcribed.backends.assemblyai_api import AssemblyAIClient
 from transcribed.config import Settings, load_settings
-from transcribed.service import Service
 
 
 class _Checkpoints:
@@ -47,16 +46,16 @@ class _Checkpoints:
 
 
 async def test_a_duplicate_file_gets_outputs_without_a_second_upload(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     sha = make_audio(folders.inbox / "original.mp3", seed="same")
-    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake), once=True) == 0
     shutil.copy(folders.done / "original.mp3", folders.inbox / "copy under another name.mp3")
     (folders.inbox / "sub").mkdir()
     shutil.copy(folders.done / "original.mp3", folders.inbox / "sub" / "again.mp3")
 
     with structlog.testing.capture_logs() as logs:
-        assert await Service(settings_for(folders, fake), once=True).run() == 0
+        assert await services.run(settings_for(folders, fake), once=True) == 0
 
     for name in ("original", "copy under another name", "sub/again"):
         assert (folders.outbox / f"{name}.txt").read_text() == expected_text(sha) + "\n"
@@ -65,27 +64,29 @@ async def test_a_duplicate_file_gets_outputs_without_a_second_upload(
     assert sum(1 for e in logs if e["event"] == "duplicate_reused") == 2
 
 
-async def test_dedupe_can_be_turned_off(folders: Folders, fake: FakeAssemblyAI) -> None:
+async def test_dedupe_can_be_turned_off(
+    folders: Folders, fake: FakeAssemblyAI, services: Services
+) -> None:
     sha = make_audio(folders.inbox / "a.mp3", seed="same")
     shutil.copy(folders.inbox / "a.mp3", folders.inbox / "b.mp3")
     settings = settings_for(folders, fake, **{"daemon.dedupe": False})
-    assert await Service(settings, once=True).run() == 0
+    assert await services.run(settings, once=True) == 0
     assert fake.counters.uploads_by_sha256[sha] == 2
 
 
 async def test_identical_files_in_one_batch_are_uploaded_once(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     sha = make_audio(folders.inbox / "a.mp3", seed="twins")
     for name in ("b.mp3", "c.mp3"):
         shutil.copy(folders.inbox / "a.mp3", folders.inbox / name)
-    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake), once=True) == 0
     assert fake.counters.uploads_by_sha256[sha] == 1
     assert len(list(folders.outbox.glob("*.txt"))) == 3
 
 
 async def test_a_submit_whose_answer_is_lost_is_found_not_paid_twice(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     # The service creates the transcript, but the answer comes after the client gave up.
     fake.config.faults = FaultConfig(slow_s=1.5)
@@ -93,7 +94,7 @@ async def test_a_submit_whose_answer_is_lost_is_found_not_paid_twice(
     sha = make_audio(folders.inbox / "a.mp3", seed="ambiguous")
     settings = settings_for(folders, fake, **{"assemblyai.read_timeout_s": 0.5})
     with structlog.testing.capture_logs() as logs:
-        assert await Service(settings, once=True).run() == 0
+        assert await services.run(settings, once=True) == 0
     assert fake.counters.submits_by_sha256[sha] == 1
     assert fake.counters.requests_to(ROUTE_LIST) >= 1
     assert any(e["event"] == "submit_recovered" for e in logs), [e["event"] for e in logs]
@@ -101,7 +102,7 @@ async def test_a_submit_whose_answer_is_lost_is_found_not_paid_twice(
 
 
 async def test_an_outage_of_the_api_is_waited_out_and_reported_as_degraded(
-    folders: Folders, fake: FakeAssemblyAI, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, fake: FakeAssemblyAI, monkeypatch: pytest.MonkeyPatch, services: Services
 ) -> None:
     import transcribed.backends.assemblyai_api as api
 
@@ -110,7 +111,7 @@ async def test_an_outage_of_the_api_is_waited_out_and_reported_as_degraded(
     fake.config.faults = FaultConfig(rate=1.0, kinds=("503", "drop"), seed=1)
     settings = settings_for(folders, fake, **{"assemblyai.retry_max_backoff_s": 0.2})
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(Service(settings, once=True).run())
+        _, task = services.start(settings, once=True)
         await eventually(
             lambda: any(e["event"] == "api_degraded" for e in logs), 20, "degraded report"
         )
@@ -190,7 +191,7 @@ async def test_a_stuck_job_is_reported_polled_slowly_and_resubmitted_when_asked(
     assert result.text == expected_text(sha)
 
 
-async def test_request_rate_stays_within_the_budget(folders: Folders) -> None:
+async def test_request_rate_stays_within_the_budget(folders: Folders, services: Services) -> None:
     config = FakeConfig(api_keys=(API_KEY,), latency_s=2.0, concurrency=100)
     async with FakeAssemblyAI(config) as fake:
         for i in range(60):
@@ -205,7 +206,7 @@ async def test_request_rate_stays_within_the_budget(folders: Folders) -> None:
             },
         )
         started = time.monotonic()
-        assert await Service(settings, once=True).run() == 0
+        assert await services.run(settings, once=True) == 0
         elapsed = time.monotonic() - started
         beyond = fake.counters.burst_beyond(10.0)
         peak = fake.counters.peak_rps
@@ -216,7 +217,9 @@ async def test_request_rate_stays_within_the_budget(folders: Folders) -> None:
     assert total <= 10 * elapsed + 5 + 1
 
 
-async def test_a_burst_goes_out_at_once_then_the_rate_holds(folders: Folders) -> None:
+async def test_a_burst_goes_out_at_once_then_the_rate_holds(
+    folders: Folders, services: Services
+) -> None:
     config = FakeConfig(api_keys=(API_KEY,), latency_s=1.0, concurrency=100)
     async with FakeAssemblyAI(config) as fake:
         for i in range(20):
@@ -226,7 +229,7 @@ async def test_a_burst_goes_out_at_once_then_the_rate_holds(folders: Folders) ->
             fake,
             **{"assemblyai.requests_per_s": 5.0, "assemblyai.request_burst": 40},
         )
-        assert await Service(settings, once=True).run() == 0
+        assert await services.run(settings, once=True) == 0
         counters = fake.counters
     # 20 uploads and 20 submits fit the burst: they need not wait for the 5/s rate. (Counted
     # over runs of seconds, so a burst that straddles a second boundary still counts whole.)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 
 import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Folders, eventually, make_audio, settings_for
+from conftest import Folders, Services, eventually, make_audio, service_url, settings_for
 from fakeapi import ROUTE_POLL, FakeAssemblyAI, audio_duration_for
 from transcribed.errors import ExitCode
 from transcribed.http import HttpServer
@@ -20,29 +19,17 @@ from transcribed.service import Service
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text; 0.0 when the labelled child does not exist."""
+    """One sample's value from Prometheus text; a missing series fails the test, never reads 0."""
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
-    return 0.0
+    raise AssertionError(f"no sample {name}{labels or ''} in the metrics")
 
 
 async def get(url: str) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status, response.headers["Content-Type"], await response.text()
-
-
-@asynccontextmanager
-async def running(service: Service) -> AsyncIterator[asyncio.Task[int]]:
-    """The service as a task; stopped and awaited on exit."""
-    task = asyncio.create_task(service.run())
-    try:
-        yield task
-    finally:
-        if not task.done():
-            service.request_stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_readyz_is_503_naming_the_part_not_ready_then_200_once_all_are() -> None:
@@ -64,7 +51,9 @@ async def test_readyz_is_503_naming_the_part_not_ready_then_200_once_all_are() -
         assert '"status": "ok"' in body
 
 
-async def test_a_busy_listen_address_is_a_restartable_failure_exit_1(folders: Folders) -> None:
+async def test_a_busy_listen_address_is_a_restartable_failure_exit_1(
+    folders: Folders, services: Services
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -72,11 +61,11 @@ async def test_a_busy_listen_address_is_a_restartable_failure_exit_1(folders: Fo
         settings = settings_for(
             folders, None, **{"backend": "local", "http.listen": f"127.0.0.1:{port}"}
         )
-        assert await Service(settings).run() == ExitCode.FAILED
+        assert await services.run(settings) == ExitCode.FAILED
 
 
 async def test_metrics_move_as_files_flow_through_the_daemon(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     fake.hold_jobs()
     fake.fail_next(ROUTE_POLL, 503)
@@ -88,37 +77,36 @@ async def test_metrics_move_as_files_flow_through_the_daemon(
     settings = settings_for(
         folders, fake, **{"http.listen": "127.0.0.1:0", "assemblyai.max_concurrent_jobs": 1}
     )
-    service = Service(settings)
-    async with running(service):
-        await asyncio.wait_for(service.watcher_ready.wait(), 30)
-        assert service.http is not None
-        base = service.http.url
+    service, task = services.start(settings)
+    await asyncio.wait_for(service.watcher_ready.wait(), 30)
+    base = await service_url(service)
 
-        status, _, body = await get(f"{base}/readyz")
-        assert status == 200, body
-        # One job at a time and the service holding it: one in flight, the rest queued.
-        await fake.wait_until(lambda: fake.counters.submits == 1, timeout_s=30)
-        await eventually(lambda: service.watcher is not None and not service.watcher.unsettled)
-        status, content_type, text = await get(f"{base}/metrics")
-        assert status == 200
-        assert content_type == CONTENT_TYPE_LATEST
-        assert sample(text, "transcribed_jobs_in_flight") == 1
-        assert sample(text, "transcribed_queue_depth") == 3
-        assert sample(text, "transcribed_oldest_waiting_file_age_seconds") > 0
-        assert sample(text, "transcribed_upload_bytes_total") > 0
-        assert sample(text, "transcribed_api_requests_total", endpoint="upload", status="200") == 1
-        assert sample(text, "transcribed_files_total", outcome="done") == 0
+    status, _, body = await get(f"{base}/readyz")
+    assert status == 200, body
+    # One job at a time and the service holding it: one in flight, the rest queued.
+    await fake.wait_until(lambda: fake.counters.submits == 1, timeout_s=30)
+    await eventually(lambda: service.watcher is not None and not service.watcher.unsettled)
+    status, content_type, text = await get(f"{base}/metrics")
+    assert status == 200
+    assert content_type == CONTENT_TYPE_LATEST
+    assert sample(text, "transcribed_jobs_in_flight") == 1
+    assert sample(text, "transcribed_queue_depth") == 3
+    assert sample(text, "transcribed_oldest_waiting_file_age_seconds") > 0
+    assert sample(text, "transcribed_upload_bytes_total") > 0
+    assert sample(text, "transcribed_api_requests_total", endpoint="upload", status="200") == 1
+    assert sample(text, "transcribed_files_total", outcome="done") == 0
 
-        fake.release_jobs()
-        await eventually(
-            lambda: (
-                service.pool is not None
-                and service.pool.stats.done + service.pool.stats.failed == 4
-            ),
-            30,
-            "four outcomes",
-        )
-        _, _, text = await get(f"{base}/metrics")
+    fake.release_jobs()
+    await eventually(
+        lambda: (
+            service.pool is not None and service.pool.stats.done + service.pool.stats.failed == 4
+        ),
+        30,
+        "four outcomes",
+    )
+    _, _, text = await get(f"{base}/metrics")
+    service.request_stop()
+    assert await task == 0
 
     total_bytes = sum(sizes.values()) + 5000
     assert sample(text, "transcribed_files_total", outcome="done") == 3

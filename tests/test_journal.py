@@ -14,12 +14,11 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from conftest import API_KEY, Folders, make_audio, settings_for
+from conftest import API_KEY, Folders, Services, make_audio, settings_for
 from fakeapi import FakeAssemblyAI, FakeConfig
 from transcribed import service as service_module
 from transcribed.errors import LocalIOError
 from transcribed.journal import Journal, JournalError
-from transcribed.service import Service
 
 
 def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:
@@ -240,7 +239,7 @@ class _ArrivalsFake(FakeAssemblyAI):
 
 
 async def test_every_submit_arrives_after_an_fsync_of_its_mark(
-    folders: Folders, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, monkeypatch: pytest.MonkeyPatch, services: Services
 ) -> None:
     monkeypatch.setattr(service_module, "Journal", _Recording)
     for noted in (_Recording.marks, _Recording.syncs, _ArrivalsFake.arrivals):
@@ -248,7 +247,7 @@ async def test_every_submit_arrives_after_an_fsync_of_its_mark(
     async with _ArrivalsFake(FakeConfig(api_keys=(API_KEY,), latency_s=0.2)) as fake:
         for i in range(30):
             make_audio(folders.inbox / f"{i}.mp3", seed=f"mark{i}")
-        assert await Service(settings_for(folders, fake), once=True).run() == 0
+        assert await services.run(settings_for(folders, fake), once=True) == 0
     marks, syncs, arrivals = _Recording.marks, _Recording.syncs, sorted(_ArrivalsFake.arrivals)
     assert len(marks) == len(arrivals) == 30
     # By the time the k-th submit arrives, at least k marks must have been fsynced: each by an

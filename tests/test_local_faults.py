@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,8 @@ import structlog
 
 from conftest import (
     Folders,
+    Mounts,
+    Services,
     clean_env,
     daemon_command,
     eventually,
@@ -29,42 +29,25 @@ from conftest import (
     write_config,
 )
 from fakeapi import FakeAssemblyAI
-from transcribed.service import Service
-
-
-def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
 
 
 @pytest.fixture
-def small_outbox(folders: Folders) -> Iterator[Path]:
+def small_outbox(folders: Folders, mounts: Mounts) -> Path:
     folders.outbox.mkdir()
-    try:
-        _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folders.outbox))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
-    yield folders.outbox
-    subprocess.run(["umount", "-l", str(folders.outbox)], check=False)
-
-
-def _make_read_only(folder: Path) -> None:
-    try:
-        _mount("--bind", str(folder), str(folder))
-        _mount("-o", "remount,ro,bind", str(folder))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot make a read-only bind mount here (needs root): {exc}")
+    mounts.tmpfs(folders.outbox, size="64k")
+    return folders.outbox
 
 
 async def test_a_full_outbox_keeps_the_source_and_retries_until_there_is_room(
-    folders: Folders, fake: FakeAssemblyAI, small_outbox: Path
+    folders: Folders, fake: FakeAssemblyAI, small_outbox: Path, services: Services
 ) -> None:
     filler = small_outbox / "filler.bin"
     with contextlib.suppress(OSError), filler.open("wb") as handle:
         handle.write(b"\0" * 128 * 1024)  # fails part-way: the tmpfs is full, as intended
     sha = make_audio(folders.inbox / "a.mp3", seed="full")
-    service = Service(settings_for(folders, fake, **{"output.formats": ["txt", "json"]}))
+    settings = settings_for(folders, fake, **{"output.formats": ["txt", "json"]})
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(service.run())
+        service, task = services.start(settings)
         await eventually(lambda: any(e["event"] == "job_deferred" for e in logs), 20, "deferral")
         assert (folders.inbox / "a.mp3").is_file()
         assert not (small_outbox / "a.txt").exists()
@@ -83,21 +66,20 @@ async def test_a_full_outbox_keeps_the_source_and_retries_until_there_is_room(
 
 
 async def test_an_outbox_that_turns_read_only_keeps_the_source_and_the_daemon_running(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, mounts: Mounts, services: Services
 ) -> None:
     # A folder that is unusable at start-up is a start-up error (exit 2); this one goes
     # read-only while the daemon runs.
-    service = Service(settings_for(folders, fake))
     readonly_outbox = folders.outbox
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(service.run())
+        service, task = services.start(settings_for(folders, fake))
         await asyncio.wait_for(service.watcher_ready.wait(), 20)
-        _make_read_only(readonly_outbox)
+        mounts.read_only(readonly_outbox)
         sha = make_audio(folders.inbox / "a.mp3", seed="ro")
         await eventually(lambda: any(e["event"] == "job_deferred" for e in logs), 20, "deferral")
         assert (folders.inbox / "a.mp3").is_file()
         assert not task.done()
-        subprocess.run(["umount", "-l", str(readonly_outbox)], check=True)
+        mounts.unmount(readonly_outbox)
         await eventually(lambda: (folders.done / "a.mp3").is_file(), 30, "archived")
         service.request_stop()
         assert await asyncio.wait_for(task, 20) == 0

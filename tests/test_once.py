@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     API_KEY,
     Folders,
+    Services,
     clean_env,
     daemon_command,
     expected_text,
@@ -26,18 +27,17 @@ from fakeapi import FakeAssemblyAI
 from fakeapi.handlers import ROUTE_UPLOAD
 from transcribed.backends import assemblyai, assemblyai_api
 from transcribed.backends.assemblyai_status import StatusTracker
-from transcribed.service import Service
 
 
 async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     shas: dict[str, str] = {}
     for i in range(40):
         rel = f"talk-{i:02d}.mp3" if i % 3 else f"team {i % 4}/day {i}/talk-{i:02d}.MP3"
         shas[rel] = make_audio(folders.inbox / rel, seed=i)
 
-    code = await Service(settings_for(folders, fake), once=True).run()
+    code = await services.run(settings_for(folders, fake), once=True)
 
     assert code == 0
     for rel, sha in shas.items():
@@ -55,14 +55,14 @@ async def test_once_transcribes_forty_files_with_nested_folders_exactly_once(
 
 
 async def test_files_larger_than_one_chunk_are_streamed_whole(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     # Above 1 MiB the upload streams the file from disk in chunks instead of sending the
     # bytes read for its hash; the fake hashes what arrives.
     sizes = {"long.mp3": (5 << 20) // 2, "exact.mp3": 2 << 20}
     shas = {rel: make_audio(folders.inbox / rel, seed=rel, size=n) for rel, n in sizes.items()}
 
-    code = await Service(settings_for(folders, fake), once=True).run()
+    code = await services.run(settings_for(folders, fake), once=True)
 
     assert code == 0
     for rel, sha in shas.items():
@@ -73,7 +73,7 @@ async def test_files_larger_than_one_chunk_are_streamed_whole(
 
 
 async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploaded(
-    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path
+    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path, services: Services
 ) -> None:
     good = make_audio(folders.inbox / "good.mp3", seed="good")
     (folders.inbox / "empty.mp3").write_bytes(b"")
@@ -84,7 +84,7 @@ async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploade
     (folders.inbox / "link.mp3").symlink_to(tmp_path / "outside" / "secret.mp3")
     (folders.inbox / "linked-dir").symlink_to(tmp_path / "outside", target_is_directory=True)
 
-    code = await Service(settings_for(folders, fake), once=True).run()
+    code = await services.run(settings_for(folders, fake), once=True)
 
     assert code == 1
     assert (folders.outbox / "good.txt").read_text() == expected_text(good) + "\n"
@@ -109,13 +109,13 @@ async def test_bad_inputs_fail_alone_with_reports_and_symlinks_are_never_uploade
 
 
 async def test_a_folder_re_pointed_out_of_the_inbox_mid_job_leaves_the_outside_alone(
-    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path
+    folders: Folders, fake: FakeAssemblyAI, tmp_path: Path, services: Services
 ) -> None:
     sha = make_audio(folders.inbox / "team" / "talk.mp3", seed="talk")
     outside = tmp_path / "outside"
     make_audio(outside / "talk.mp3", seed="someone else's")
     fake.hold_jobs()
-    run = asyncio.create_task(Service(settings_for(folders, fake), once=True).run())
+    _, run = services.start(settings_for(folders, fake), once=True)
     await fake.wait_until(lambda: fake.counters.submits == 1, timeout_s=30)
     # While the transcript is processing, the folder is swapped for a link to elsewhere.
     (folders.inbox / "team").rename(tmp_path / "moved-away")
@@ -130,7 +130,7 @@ async def test_a_folder_re_pointed_out_of_the_inbox_mid_job_leaves_the_outside_a
 
 
 async def test_polling_reads_audio_durations_only_after_the_backlogs_submits(
-    folders: Folders, fake: FakeAssemblyAI, monkeypatch: pytest.MonkeyPatch
+    folders: Folders, fake: FakeAssemblyAI, monkeypatch: pytest.MonkeyPatch, services: Services
 ) -> None:
     # The header parser holds the interpreter lock; the submits, which start the service's
     # clock, go first. One upload answers late: the other job's read waits for its submit.
@@ -163,7 +163,7 @@ async def test_polling_reads_audio_durations_only_after_the_backlogs_submits(
     for name in ("a.mp3", "b.mp3"):
         make_audio(folders.inbox / name, seed=name)
 
-    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake), once=True) == 0
 
     assert len(submitted) == len(read) == 2
     assert max(submitted) - min(submitted) >= 0.4  # one submit really came late
@@ -230,7 +230,7 @@ def test_missing_inbox_and_bad_values_exit_2_naming_the_problem(folders: Folders
 
 
 async def test_same_stem_different_content_each_get_their_own_transcript(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     first = make_audio(folders.inbox / "meeting.mp3", seed="mp3")
     second = make_audio(folders.inbox / "meeting.wav", seed="wav")
@@ -239,7 +239,7 @@ async def test_same_stem_different_content_each_get_their_own_transcript(
     # An outbox shared with earlier results: the empty journal beside it is meant.
     accept = {"daemon.accept_empty_journal": True}
 
-    assert await Service(settings_for(folders, fake, **accept), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake, **accept), once=True) == 0
 
     texts = {p.name: p.read_text() for p in folders.outbox.glob("meeting*.txt")}
     assert sorted(texts.values()) == sorted(
@@ -250,7 +250,7 @@ async def test_same_stem_different_content_each_get_their_own_transcript(
 
     # The same name dropped again with new content never overwrites the earlier transcript.
     third = make_audio(folders.inbox / "meeting.mp3", seed="again")
-    assert await Service(settings_for(folders, fake), once=True).run() == 0
+    assert await services.run(settings_for(folders, fake), once=True) == 0
     texts = {p.read_text() for p in folders.outbox.glob("meeting*.txt")}
     assert expected_text(third) + "\n" in texts
     assert len(texts) == 3

@@ -11,9 +11,8 @@ import pytest
 import srt
 import webvtt
 
-from conftest import Folders, make_audio, settings_for
+from conftest import Folders, Services, make_audio, settings_for
 from fakeapi import FakeAssemblyAI
-from transcribed.service import Service
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -36,7 +35,7 @@ def _check_captions(folder: Path, stem: str, duration_s: float) -> None:
 
 
 async def test_assemblyai_captions_come_from_the_api_and_parse_back(
-    folders: Folders, fake: FakeAssemblyAI
+    folders: Folders, fake: FakeAssemblyAI, services: Services
 ) -> None:
     make_audio(folders.inbox / "talk.mp3", seed="captions", size=200_000)
     settings = settings_for(
@@ -44,7 +43,7 @@ async def test_assemblyai_captions_come_from_the_api_and_parse_back(
         fake,
         **{"output.formats": ["txt", "json", "srt", "vtt"], "assemblyai.chars_per_caption": 20},
     )
-    assert await Service(settings, once=True).run() == 0
+    assert await services.run(settings, once=True) == 0
     transcript = json.loads((folders.outbox / "talk.json").read_text())
     # audio_duration is whole seconds in the API's transcript shape, so allow the fraction.
     _check_captions(folders.outbox, "talk", transcript["audio_duration"] + 1)
@@ -56,7 +55,7 @@ async def test_assemblyai_captions_come_from_the_api_and_parse_back(
 
 @pytest.mark.local
 async def test_local_engine_writes_the_same_formats_and_a_corrupt_mp3_fails_alone(
-    folders: Folders,
+    folders: Folders, services: Services
 ) -> None:
     pytest.importorskip("faster_whisper")
     for sample in ("kitchen.mp3", "train.mp3"):
@@ -66,7 +65,7 @@ async def test_local_engine_writes_the_same_formats_and_a_corrupt_mp3_fails_alon
     settings = settings_for(
         folders, None, backend="local", **{"output.formats": ["txt", "json", "srt", "vtt"]}
     )
-    assert await Service(settings, once=True).run() == 1
+    assert await services.run(settings, once=True) == 1
 
     for stem in ("kitchen", "train"):
         transcript = json.loads((folders.outbox / f"{stem}.json").read_text())

@@ -80,27 +80,23 @@ async def test_daemon_notifies_ready_then_watchdog_and_status_then_stopping_on_s
     config = write_config(folders, fake)
     env = clean_env(NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
     daemon = await Daemon(config, folders.root / "daemon.log", env).start()
-    try:
-        await notify.wait_for("READY=1", lambda ms: any("READY" in m for m in ms))
-        ready = notify.messages[notify.index("READY")]
-        assert ready["READY"] == "1"
-        assert ready["STATUS"].startswith("watching:")
+    await notify.wait_for("READY=1", lambda ms: any("READY" in m for m in ms))
+    ready = notify.messages[notify.index("READY")]
+    assert ready["READY"] == "1"
+    assert ready["STATUS"].startswith("watching:")
 
-        # Pings every WATCHDOG_USEC/2 from the running daemon, not just once.
-        def pings_after_ready(ms: list[Message]) -> int:
-            return sum(1 for m in ms[notify.index("READY") :] if m.get("WATCHDOG") == "1")
+    # Pings every WATCHDOG_USEC/2 from the running daemon, not just once.
+    def pings_after_ready(ms: list[Message]) -> int:
+        return sum(1 for m in ms[notify.index("READY") :] if m.get("WATCHDOG") == "1")
 
-        await notify.wait_for("two WATCHDOG=1", lambda ms: pings_after_ready(ms) >= 2)
+    await notify.wait_for("two WATCHDOG=1", lambda ms: pings_after_ready(ms) >= 2)
 
-        make_audio(folders.inbox / "one.mp3", seed="one")
-        await notify.wait_for(
-            "STATUS with one file done",
-            lambda ms: any(m.get("STATUS", "").startswith("watching: 1 done") for m in ms),
-        )
-        assert await daemon.signal(signal.SIGTERM) == 0
-    finally:
-        if daemon.proc.returncode is None:
-            await daemon.kill()
+    make_audio(folders.inbox / "one.mp3", seed="one")
+    await notify.wait_for(
+        "STATUS with one file done",
+        lambda ms: any(m.get("STATUS", "").startswith("watching: 1 done") for m in ms),
+    )
+    assert await daemon.signal(signal.SIGTERM) == 0
     await notify.wait_for("STOPPING=1", lambda ms: any("STOPPING" in m for m in ms), 5)
     assert notify.messages[notify.index("STOPPING")]["STOPPING"] == "1"
     assert notify.index("READY") < notify.index("STOPPING")

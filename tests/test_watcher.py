@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import eventually
+from transcribed import watcher as watcher_module
 from transcribed.config import WatchSettings
 from transcribed.journal import Journal
 from transcribed.paths import is_candidate_name
@@ -76,26 +77,52 @@ async def test_scan_takes_settled_regular_files_and_nothing_else(
     assert journal.live_paths() == {"a.mp3", "Deep/Er/b.FLAC"}
 
 
+class _Clock:
+    """Stands in for the watcher's ``time``: it moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = time.time()
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+    def stamp(self, path: Path) -> None:
+        """Date the last write to ``path`` at this clock's "now"."""
+        os.utime(path, (self.wall, self.wall))
+
+
 async def test_a_file_still_being_written_is_not_taken_until_it_settles(
-    tmp_path: Path, journal: Journal
+    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = _Clock()  # so a slow machine cannot settle the file between two looks
+    monkeypatch.setattr(watcher_module, "time", clock)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     growing = inbox / "rec.mp3"
     growing.write_bytes(b"ID3 first")
-    watcher = _watcher(inbox, journal, settle_s=0.5)
+    clock.stamp(growing)
+    watcher = _watcher(inbox, journal, settle_s=10)
     await watcher.scan()
     assert await watcher.settle() == 0
+    clock.advance(9)
+    assert await watcher.settle() == 0  # quiet for 9 s of the 10
     with growing.open("ab") as handle:
         handle.write(b" more")
+    clock.stamp(growing)
     assert await watcher.settle() == 0  # changed since last look: the clock starts again
-    settled = 0
-    async with asyncio.timeout(5):
-        while settled == 0:
-            settled = await watcher.settle()
-            await asyncio.sleep(0.05)
-    assert settled == 1
-    row = journal.claimable(10, set())[0]
+    clock.advance(9)
+    assert await watcher.settle() == 0  # 18 s since it appeared, but only 9 since it changed
+    clock.advance(2)
+    assert await watcher.settle() == 1
+    (row,) = journal.claimable(10, set())
     assert row.size == len(b"ID3 first more")
 
 

@@ -157,7 +157,11 @@ class AssemblyAISettings(_Section, frozen=True, kw_only=True):
     max_concurrent_jobs: Annotated[
         int,
         Meta(ge=1, le=10_000),
-        _doc("Jobs in flight at once: uploading, submitted, queued or processing."),
+        _doc("""The account's concurrency: how many transcripts the service processes at once
+        (200 or more on paid accounts, 5 on a free one). The daemon keeps as many again
+        submitted and waiting in the service's queue, so a slot freed there starts the next job
+        at once instead of waiting for an upload and a submit: at most twice this many jobs are
+        in flight (uploading, submitted, queued or processing)."""),
     ] = 200
     max_concurrent_uploads: Annotated[
         int, Meta(ge=1, le=64), _doc("Uploads at once; a few keep each upload fast.")

@@ -31,6 +31,8 @@ SUBTITLE_FORMATS = ("srt", "vtt")
 STUCK_POLL_S = 300.0
 #: Longest a job puts off reading its audio's duration while other jobs upload or submit.
 DURATION_DEFER_S = 1.0
+#: Jobs in flight per unit of the account's concurrency: one running, one waiting in its queue.
+QUEUE_AHEAD = 2
 #: The header the service sends back with each webhook, holding this daemon's secret.
 WEBHOOK_HEADER = "X-Transcribed-Webhook-Secret"
 
@@ -48,7 +50,10 @@ class AssemblyAIBackend:
         webhook_secret: str | None = None,
     ) -> None:
         self.settings = settings
-        self.max_concurrency = settings.max_concurrent_jobs
+        # The account's concurrency runs at the service, and as many again wait in its queue
+        # (first in, first out): a slot freed there starts the next job at once, while the
+        # backlog at the service stays bounded (uploads expire, transcripts are kept a while).
+        self.max_concurrency = QUEUE_AHEAD * settings.max_concurrent_jobs
         self._params = dict(transcription)
         if settings.webhook_url and webhook_secret:
             self._params |= {

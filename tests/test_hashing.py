@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from transcribed.backends import Content
-from transcribed.pool import KEEP_CONTENT_BYTES, _sha256
+from transcribed.job import KEEP_CONTENT_BYTES, _sha256
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,453 @@
+"""One job's steps: check the source, hash it, take it, transcribe, write, archive or fail.
+
+The pool (:mod:`transcribed.pool`) decides which job runs when; this module runs one. Every
+state change goes through :meth:`Journal.set_state`, which checks it against
+:data:`transcribed.journal.TRANSITIONS`. A step that stops a job without an outcome (the file
+is still being written, the same bytes are on their way already) says why with a
+:class:`Skip`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from transcribed.backends import Backend, Content, Job
+from transcribed.errors import AuthError, ConfigError, LocalIOError, PermanentError
+from transcribed.journal import JobRow, Journal, State, output_name
+from transcribed.logs import get_logger
+from transcribed.metrics import Metrics
+from transcribed.outputs import Outputs
+from transcribed.paths import is_inside, output_base_candidates, safe_lstat
+
+log = get_logger("transcribed.job")
+LOCAL_RETRY_S = (5.0, 15.0, 60.0, 300.0)
+MAX_UNEXPECTED = 5
+#: Files up to this size are read once, for hashing and uploading both.
+KEEP_CONTENT_BYTES = 1 << 20
+
+
+class Skip(StrEnum):
+    """Why a job's run ended without an outcome; the pool takes it again when it is due."""
+
+    VANISHED = "vanished"
+    """The source left the inbox before it was taken: recorded as failed, nothing to move."""
+    SETTLING = "settling"
+    """The source changed while it was hashed: it is looked at again once it is quiet."""
+    SAME_BYTES_IN_FLIGHT = "same_bytes_in_flight"
+    """Another job is uploading the same bytes: this one waits to reuse its transcript."""
+
+
+@dataclass
+class RunStats:
+    done: int = 0
+    failed: int = 0
+    reused: int = 0
+
+
+class Admission:
+    """A place among the jobs between taking a file and submitting it; left at most once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = False
+
+    async def enter(self) -> None:
+        await self._semaphore.acquire()
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
+
+
+class _Checkpoints:
+    """Journal-backed :class:`~transcribed.backends.Checkpoints` for one job."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        job_id: int,
+        phases: dict[int, str],
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._journal = journal
+        self._id = job_id
+        self._phases = phases
+        self._release = release
+        self._upload: dict[str, Any] = {}
+
+    def uploaded(self, upload_url: str) -> None:
+        # Recorded with the submit mark that follows at once, in one commit: should the
+        # process die in between, the upload is only done again, which costs nothing.
+        self._upload = {"upload_url": upload_url, "uploaded_at": time.time()}
+
+    async def submitting(self) -> None:
+        # Durable: after a power cut this is what sends a restart to look the submit up
+        # instead of paying again.
+        self._journal.update(self._id, **self._upload, submit_started_at=time.time())
+        self._upload = {}
+        await self._journal.durable()
+        self._release()
+
+    def submitted(self, transcript_id: str) -> None:
+        # Not fsynced: should a power cut lose it, the durable submit_started_at sends the
+        # restart to find this transcript in the list instead of submitting again.
+        self._journal.set_state(
+            self._id, State.SUBMITTED, transcript_id=transcript_id, submitted_at=time.time()
+        )
+        self._release()
+
+    def upload_lost(self) -> None:
+        self._upload = {}
+        self._journal.update(self._id, upload_url=None, uploaded_at=None, submit_started_at=None)
+
+    def phase(self, name: str) -> None:
+        self._phases[self._id] = name
+        if name == "uploading":  # when the bytes start to flow, not when the job queued for it
+            self._journal.update(self._id, upload_started_at=time.time())
+
+
+def _sha256(path: Path, keep_up_to: int = 0) -> tuple[str, bytes | None]:
+    """The file's sha256, and its bytes too when it is no larger than ``keep_up_to``."""
+    digest = hashlib.sha256()
+    kept = bytearray()
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            if len(kept) + len(chunk) <= keep_up_to:
+                kept += chunk
+            else:
+                keep_up_to = 0
+                kept.clear()
+    return digest.hexdigest(), bytes(kept) if keep_up_to else None
+
+
+class JobSteps:
+    """Runs one job at a time per call to :meth:`run`; shared by every job of a pool."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        backend: Backend,
+        outputs: Outputs,
+        inbox: Path,
+        *,
+        phases: dict[int, str],
+        settle_s: float = 2.0,
+        dedupe: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._journal = journal
+        self._backend = backend
+        self._outputs = outputs
+        self._inbox = inbox
+        self._inbox_real = os.path.realpath(inbox)
+        self._settle_s = settle_s
+        self._dedupe = dedupe
+        self._metrics = metrics or Metrics()
+        self._phases = phases
+        self._unexpected: Counter[int] = Counter()
+        self._deferrals: Counter[int] = Counter()
+        self.stats = RunStats()
+        #: An error that must stop the daemon (a refused key, a broken configuration).
+        self.fatal: BaseException | None = None
+
+    async def run(self, row: JobRow, admission: Admission) -> None:
+        """Take one job as far as it can go now; never raises for a bad file."""
+        structlog.contextvars.bind_contextvars(path=row.path, job_id=row.id)
+        started = time.monotonic()
+        source = self._inbox / row.path
+        try:
+            if row.state == State.FAILED:
+                await self._finish_failure(row, source)
+                return
+            if row.state == State.COMPLETED:
+                await self._archive(row, source, started)
+                return
+            await admission.enter()
+            prepared = await self._prepare(row, source)
+            if isinstance(prepared, Skip):
+                log.debug("job_skipped", reason=prepared.value)
+                return
+            job, row = prepared
+            if job.transcript_id is not None:
+                admission.leave()  # submitted before (a restart, or a reused transcript)
+            checkpoints = _Checkpoints(self._journal, row.id, self._phases, admission.leave)
+            result = await self._backend.transcribe(job, checkpoints)
+            admission.leave()
+            self._phases[row.id] = "writing"
+            # ``row`` is as taken: what the backend recorded since is not needed here.
+            base = row.output_base or self._reserve(row)
+            await self._outputs.write(base, result)
+            completed: dict[str, Any] = {
+                "transcript_id": result.transcript_id,
+                "audio_duration_s": result.audio_duration_s,
+                "completed_at": time.time(),
+                "last_error": None,
+            }
+            self._journal.set_state(row.id, State.COMPLETED, **completed)
+            if result.audio_duration_s:
+                self._metrics.audio_seconds.inc(result.audio_duration_s)
+            # What was just written, without reading it back.
+            row = dataclasses.replace(row, state=State.COMPLETED, output_base=base, **completed)
+            await self._archive(row, source, started)
+        except PermanentError as exc:
+            current = self._journal.get(row.id)
+            if current.reused_from is not None and exc.status == 404:
+                # The transcript we meant to reuse is gone (deleted): pay for this one after all.
+                log.warning("duplicate_transcript_gone", transcript_id=current.transcript_id)
+                self._journal.set_state(
+                    row.id, State.UPLOADING, transcript_id=None, reused_from=None, submitted_at=None
+                )
+                return
+            await self._fail(row, source, str(exc), exc.status, exc.transcript_id, started)
+        except (AuthError, ConfigError) as exc:
+            self.fatal = exc
+            log.error("daemon_stopping", reason=str(exc))
+        except LocalIOError as exc:
+            self._retry_later(row, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._unexpected[row.id] += 1
+            log.exception("job_error", error=repr(exc))
+            if self._unexpected[row.id] >= MAX_UNEXPECTED:
+                await self._fail(row, source, f"internal error: {exc!r}", None, None, started)
+            else:
+                self._retry_later(row, repr(exc))
+        finally:
+            admission.leave()
+            structlog.contextvars.unbind_contextvars("path", "job_id")
+
+    async def _prepare(self, row: JobRow, source: Path) -> tuple[Job, JobRow] | Skip:
+        """Check the source, hash it once, reserve output names; a :class:`Skip` if there is
+        nothing to do now.
+
+        Returns the job for the backend and the row as taken (what later steps read from it,
+        the output name above all, is what the journal holds)."""
+        info = self._present(source, row.path)
+        if info is None:
+            if row.state == State.DISCOVERED:
+                log.warning("source_vanished")
+                self._journal.set_state(
+                    row.id, State.FAILED, source_moved=1, last_error="source left the inbox"
+                )
+                return Skip.VANISHED
+            raise PermanentError("the source file left the inbox while it was being processed")
+        if row.state == State.UPLOADING and row.upload_url is None and row.upload_started_at:
+            # An upload cut off before a restart: it is not in flight until it starts again.
+            self._journal.update(row.id, upload_started_at=None)
+        sha256 = row.sha256
+        data: bytes | None = None
+        if row.state == State.DISCOVERED:
+            unchanged = (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
+            if sha256 is None or not unchanged:
+                self._phases[row.id] = "hashing"
+                keep = KEEP_CONTENT_BYTES if self._backend.capabilities.dedupe else 0
+                try:
+                    sha256, data = await asyncio.to_thread(_sha256, source, keep)
+                except OSError as exc:
+                    raise PermanentError(f"cannot read the source: {exc.strerror}") from exc
+                after = safe_lstat(source)
+                if after is None or (after.st_size, after.st_mtime_ns) != (
+                    info.st_size,
+                    info.st_mtime_ns,
+                ):
+                    # Still being written: look again once it has been quiet for a while.
+                    self._journal.update(
+                        row.id,
+                        size=after.st_size if after else row.size,
+                        mtime_ns=after.st_mtime_ns if after else row.mtime_ns,
+                        next_attempt_at=time.time() + self._settle_s,
+                    )
+                    return Skip.SETTLING
+            if info.st_size == 0:
+                raise PermanentError("the file is empty")
+            facts: dict[str, Any] = {
+                "sha256": sha256,
+                "size": info.st_size,
+                "mtime_ns": info.st_mtime_ns,
+                "backend": self._backend.name,
+            }
+            taken = self._take(row, facts)
+            if isinstance(taken, Skip):
+                return taken
+            row = taken
+        job = Job(
+            id=row.id,
+            path=source,
+            rel_path=row.path,
+            size=info.st_size,
+            sha256=sha256,
+            upload_url=row.upload_url,
+            transcript_id=row.transcript_id,
+            submit_started_at=row.submit_started_at,
+            submitted_at=row.submitted_at,
+            attempts=row.attempts,
+            content=Content(data) if data is not None and row.transcript_id is None else None,
+        )
+        return job, row
+
+    def _present(self, source: Path, rel_path: str) -> os.stat_result | None:
+        """``source``'s ``lstat`` when it is a regular file (not a link) really inside the
+        inbox, where ``rel_path`` says it is; else None."""
+        info = safe_lstat(source)
+        if info is None or not self._in_inbox(source, rel_path):
+            return None
+        return info
+
+    def _in_inbox(self, source: Path, rel_path: str) -> bool:
+        """For :meth:`_present`, which has found ``source`` a regular file by ``lstat``: it
+        really is in the inbox (the inbox resolved again before saying no, in case its own
+        link was re-pointed)."""
+        if "/" not in rel_path:
+            return True  # not a link itself, and no folder between it and the inbox
+        if is_inside(source, self._inbox, root_real=self._inbox_real):
+            return True
+        self._inbox_real = os.path.realpath(self._inbox)
+        return is_inside(source, self._inbox, root_real=self._inbox_real)
+
+    def _take(self, row: JobRow, facts: dict[str, Any]) -> JobRow | Skip:
+        """Record a hashed file's facts, its next state and its output name in one statement
+        (one commit); :attr:`Skip.SAME_BYTES_IN_FLIGHT` when another job is uploading the
+        same bytes and this one waits for it."""
+        journal = self._journal
+        other = None
+        if self._dedupe and self._backend.capabilities.dedupe:
+            other = journal.find_same_content(facts["sha256"], self._backend.name, row.id)
+        if other is not None and other.transcript_id is None:
+            # The same bytes are being uploaded by another job: wait for its transcript.
+            journal.update(row.id, **facts, next_attempt_at=time.time() + 2.0)
+            return Skip.SAME_BYTES_IN_FLIGHT
+        changes: dict[str, Any] = dict(facts)
+        if other is not None:
+            changes.update(
+                transcript_id=other.transcript_id,
+                submitted_at=other.submitted_at,
+                reused_from=other.id,
+            )
+            state = State.SUBMITTED
+        else:
+            changes.update(attempts=row.attempts + 1)
+            state = State.UPLOADING
+        if row.output_base is None:
+            base = journal.free_output_base(
+                row.id, output_base_candidates(row.path), self._outputs.base_in_use
+            )
+            changes.update(output_name(base))
+        updated_at = journal.set_state(row.id, state, **changes)
+        if other is not None:
+            log.info("duplicate_reused", of=other.path, transcript_id=other.transcript_id)
+            self.stats.reused += 1
+        # What was just written, without reading it back.
+        return dataclasses.replace(row, state=state, updated_at=updated_at, **changes)
+
+    def _reserve(self, row: JobRow) -> str:
+        return self._journal.reserve_output_base(
+            row.id, output_base_candidates(row.path), self._outputs.base_in_use
+        )
+
+    async def _archive(self, row: JobRow, source: Path, started: float) -> None:
+        self._phases[row.id] = "moving"
+        if self._present(source, row.path) is not None:
+            final = await self._outputs.archive(source, row.path)
+        else:
+            # Moved before a crash (the journal lagged), or no longer in the inbox (its folder
+            # re-pointed elsewhere): nothing to move, and nothing outside the inbox is touched.
+            final = row.final_path or row.path
+        self._journal.set_state(
+            row.id, State.ARCHIVED, source_moved=1, final_path=final, finished_at=time.time()
+        )
+        elapsed = self._count_outcome("done", started)
+        log.info(
+            "file_transcribed",
+            outcome="done",
+            seconds=round(elapsed, 3),
+            transcript_id=row.transcript_id,
+            outputs=row.output_base,
+        )
+
+    async def _fail(
+        self,
+        row: JobRow,
+        source: Path,
+        reason: str,
+        status: int | None,
+        transcript_id: str | None,
+        started: float,
+    ) -> None:
+        self._journal.set_state(
+            row.id,
+            State.FAILED,
+            last_error=reason,
+            error_status=status,
+            output_base=None,
+            output_key=None,
+            transcript_id=transcript_id or self._journal.get(row.id).transcript_id,
+        )
+        await self._finish_failure(self._journal.get(row.id), source, started)
+
+    async def _finish_failure(
+        self, row: JobRow, source: Path, started: float | None = None
+    ) -> None:
+        self._phases[row.id] = "moving"
+        report: dict[str, Any] = {
+            "source": row.path,
+            "reason": row.last_error,
+            "http_status": row.error_status,
+            "transcript_id": row.transcript_id,
+            "backend": row.backend,
+            "attempts": row.attempts,
+            "sha256": row.sha256,
+            "discovered_at": _iso(row.discovered_at),
+            "submitted_at": _iso(row.submitted_at),
+            "failed_at": _iso(time.time()),
+        }
+        present = self._present(source, row.path) is not None
+        final = await self._outputs.fail(source if present else None, row.path, report)
+        self._journal.update(row.id, source_moved=1, final_path=final, finished_at=time.time())
+        elapsed = self._count_outcome("failed", started)
+        log.warning(
+            "file_failed",
+            outcome="failed",
+            seconds=round(elapsed, 3),
+            transcript_id=row.transcript_id,
+            reason=row.last_error,
+        )
+
+    def _count_outcome(self, outcome: str, started: float | None) -> float:
+        """Count a finished file in the run's stats and metrics; returns its seconds."""
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if outcome == "done":
+            self.stats.done += 1
+        else:
+            self.stats.failed += 1
+        self._metrics.files.labels(outcome=outcome).inc()
+        self._metrics.job_duration.labels(outcome=outcome).observe(elapsed)
+        return elapsed
+
+    def _retry_later(self, row: JobRow, reason: str) -> None:
+        current = self._journal.get(row.id)
+        delay = LOCAL_RETRY_S[min(self._deferrals[row.id], len(LOCAL_RETRY_S) - 1)]
+        self._deferrals[row.id] += 1
+        self._journal.update(row.id, last_error=reason, next_attempt_at=time.time() + delay)
+        log.error("job_deferred", reason=reason, retry_in_s=delay, state=current.state)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -8,6 +8,10 @@ thread, one fsync for every job that asked meanwhile (group commit), so neither 
 nor the other jobs wait for the disk. Calls are short synchronous statements on the event
 loop's thread: they cannot be interrupted half-way by task cancellation.
 
+Names are bytes: a path that is not UTF-8 (held in Python as ``str`` with surrogates, as
+``os`` gives it) is stored as a BLOB of its bytes, and read back as the same ``str``; every
+other path stays TEXT, so the two never meet in the unique index.
+
 States (:class:`State`): ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed``
 (outputs written) -> ``archived`` (source moved to done/), or ``failed``; :data:`TRANSITIONS`
 lists every allowed step, and :meth:`Journal.set_state`, the only way to change a state, refuses
@@ -53,15 +57,17 @@ class State(StrEnum):
 
 
 #: Every allowed step from a state to the next. Anything else is a bug, refused by set_state.
+#: Back to ``discovered``: the source changed after it was hashed (it is a new version, taken
+#: again once it is quiet, and keeps nothing of the old one but its output name).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.DISCOVERED: frozenset({State.UPLOADING, State.SUBMITTED, State.FAILED}),
-    State.UPLOADING: frozenset({State.SUBMITTED, State.COMPLETED, State.FAILED}),
+    State.UPLOADING: frozenset({State.SUBMITTED, State.COMPLETED, State.FAILED, State.DISCOVERED}),
     State.SUBMITTED: frozenset(
         # submitted -> submitted: a stuck job resubmitted; -> uploading: a reused transcript
         # that was deleted meanwhile, so this job pays for its own after all.
-        {State.SUBMITTED, State.UPLOADING, State.COMPLETED, State.FAILED}
+        {State.SUBMITTED, State.UPLOADING, State.COMPLETED, State.FAILED, State.DISCOVERED}
     ),
-    State.COMPLETED: frozenset({State.ARCHIVED, State.FAILED}),
+    State.COMPLETED: frozenset({State.ARCHIVED, State.FAILED, State.DISCOVERED}),
     State.ARCHIVED: frozenset(),
     # failed -> failed: a failure recorded again (a new reason) before its report is written.
     State.FAILED: frozenset({State.FAILED}),
@@ -151,11 +157,39 @@ _COLUMNS = ", ".join(f.name for f in fields(JobRow))
 _STATE_AT = [f.name for f in fields(JobRow)].index("state")
 
 
+#: Columns that hold names on disk: kept byte for byte (see :func:`_stored`).
+_NAME_COLUMNS = frozenset({"path", "output_base", "output_key", "final_path"})
+_NAME_AT = [i for i, f in enumerate(fields(JobRow)) if f.name in _NAME_COLUMNS]
+
+
 def _row(values: Sequence[Any]) -> JobRow:
     """A row as read (columns in ``_COLUMNS`` order) as a :class:`JobRow`."""
     fixed = list(values)
     fixed[_STATE_AT] = State(fixed[_STATE_AT])
+    for at in _NAME_AT:
+        if isinstance(fixed[at], bytes):
+            fixed[at] = os.fsdecode(fixed[at])
     return JobRow(*fixed)
+
+
+def _stored(column: str, value: Any) -> Any:
+    """``value`` as SQLite can hold it: a name that is not UTF-8 as the BLOB of its bytes
+    (lossless); other text with such bytes (a message naming that file) escaped."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        if column in _NAME_COLUMNS:
+            return os.fsencode(value)
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def _name(value: str) -> str | bytes:
+    """A path or output name as stored (see :func:`_stored`)."""
+    stored: str | bytes = _stored("path", value)
+    return stored
 
 
 class IllegalTransitionError(ValueError):
@@ -345,7 +379,10 @@ class Journal:
         return _row(row)
 
     def live_paths(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")}
+        return {
+            os.fsdecode(r[0]) if isinstance(r[0], bytes) else r[0]
+            for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")
+        }
 
     def claimable(self, limit: int, exclude: set[int], now: float | None = None) -> list[JobRow]:
         """Live jobs that still need work, oldest first, skipping those already running."""
@@ -450,7 +487,7 @@ class Journal:
         cur = self.db.execute(
             "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, updated_at) "
             "VALUES (?, ?, ?, 'discovered', ?, ?)",
-            (path, size, mtime_ns, now, now),
+            (_name(path), size, mtime_ns, now, now),
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
@@ -465,7 +502,7 @@ class Journal:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, "
                     "updated_at) VALUES (?, ?, ?, 'discovered', ?, ?)",
-                    (path, size, mtime_ns, now, now),
+                    (_name(path), size, mtime_ns, now, now),
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     new_ids[path] = cur.lastrowid
@@ -489,6 +526,7 @@ class Journal:
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
+        values = {key: _stored(key, value) for key, value in values.items()}
         values["updated_at"] = now = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
         where = "id = ?"
@@ -523,7 +561,7 @@ class Journal:
         for base in itertools.islice(candidates, MAX_NAME_TRIES):
             taken = self.db.execute(
                 "SELECT 1 FROM jobs WHERE output_key = ? AND id != ? LIMIT 1",
-                (output_name(base)["output_key"], job_id),
+                (_name(output_name(base)["output_key"]), job_id),
             ).fetchone()
             if taken is None and not exists(base):
                 return base

@@ -173,24 +173,34 @@ class Watcher:
         from watchfiles import Change, awatch
 
         started = False
-        async for changes in awatch(
-            self.inbox,
-            stop_event=stop,
-            force_polling=self.settings.force_polling,
-            poll_delay_ms=self.settings.poll_delay_ms,
-            debounce=200,
-            step=50,
-            rust_timeout=1000,
-            yield_on_timeout=True,
-            recursive=True,
-        ):
-            if not started:
-                started = True
-                log.info("watcher_started", force_polling=self.settings.force_polling)
-                if ready is not None:
-                    ready.set()
-            for change, raw_path in changes:
-                self._event(change == Change.deleted, raw_path)
+        while not stop.is_set():
+            try:
+                async for changes in awatch(
+                    self.inbox,
+                    stop_event=stop,
+                    force_polling=self.settings.force_polling,
+                    poll_delay_ms=self.settings.poll_delay_ms,
+                    debounce=200,
+                    step=50,
+                    rust_timeout=1000,
+                    yield_on_timeout=True,
+                    recursive=True,
+                ):
+                    if not started:
+                        started = True
+                        log.info("watcher_started", force_polling=self.settings.force_polling)
+                        if ready is not None:
+                            ready.set()
+                    for change, raw_path in changes:
+                        self._event(change == Change.deleted, raw_path)
+            except (RuntimeError, ExceptionGroup) as exc:
+                # watchfiles gives up on a batch that names a path that is not UTF-8
+                # (WatchfilesRustInternalError, "Unable to decode path"): watch again, and
+                # walk the inbox for what that batch named (a walk keeps such names).
+                if not _undecodable_path(exc):
+                    raise
+                log.warning("watch_events_lost", reason="a path that is not UTF-8")
+                await self.scan()
 
     async def drain_once(self, stop: asyncio.Event) -> None:
         """For ``--once``: scan, then settle until every file seen has been handed over."""
@@ -204,6 +214,18 @@ class Watcher:
                     await _wait_any(stop, timeout=tick_s)
         finally:
             self.running = False
+
+
+def _undecodable_path(exc: Exception) -> bool:
+    """True when ``exc`` is (only) watchfiles failing to name a path that is not UTF-8."""
+
+    def undecodable(error: BaseException) -> bool:
+        return isinstance(error, RuntimeError) and "decode path" in str(error)
+
+    if isinstance(exc, ExceptionGroup):
+        found, rest = exc.split(undecodable)
+        return found is not None and rest is None
+    return undecodable(exc)
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:  # noqa: ASYNC109 - waits on several events, which asyncio.timeout cannot express

@@ -21,7 +21,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from transcribed.backends.assemblyai_api import AssemblyAIClient, created_epoch
 from transcribed.config import AssemblyAISettings
@@ -46,8 +46,9 @@ LEARN_WEIGHT = 0.3
 FINISHED = frozenset({"completed", "error"})
 
 
-def audio_duration_s(path: Path) -> float | None:
-    """The audio's length from its header (blocking; run it in a thread). None if unknown."""
+def audio_duration_s(path: Path | BinaryIO) -> float | None:
+    """The audio's length from its header (blocking; run it in a thread). None if unknown.
+    ``path`` may be an open file (read from where it stands)."""
     try:
         import mutagen
 

@@ -1,0 +1,457 @@
+"""Hostile files: names that are not UTF-8, files that change, vanish, grow, shrink or turn into
+FIFOs between being taken and being archived, folders swapped for links, and running out of
+descriptors. Real files and a real daemon process against the fake API; the fake holds each
+upload's answer until the test lets it go, so every window is as wide as the test needs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import resource
+import signal
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import (
+    API_KEY,
+    Daemon,
+    Folders,
+    clean_env,
+    daemon_command,
+    eventually,
+    expected_text,
+    make_audio,
+    run_cli,
+    write_config,
+)
+from fakeapi import FakeAssemblyAI, FakeConfig
+
+BIG = 3 << 20  # above the size whose bytes are kept from hashing: uploads stream from disk
+
+
+class UploadGate:
+    """Holds the fake's answer to each upload received whole (and recorded) until the test
+    lets it go: one at a time (:meth:`release`) or all from now on (:meth:`open`)."""
+
+    def __init__(self, fake: FakeAssemblyAI) -> None:
+        self.held = 0
+        self._allowed = 0
+        self._moved = asyncio.Condition()
+        receive = fake.receive_upload
+
+        async def held(request: web.Request, account: str) -> web.Response:
+            response = await receive(request, account)
+            if response.status != 200:
+                return response  # cut off, or refused: nothing to hold
+            self.held += 1
+            index = self.held
+            async with self._moved:
+                await self._moved.wait_for(lambda: self._allowed >= index)
+            return response
+
+        fake.receive_upload = held  # type: ignore[method-assign]
+
+    async def release(self) -> None:
+        async with self._moved:
+            self._allowed += 1
+            self._moved.notify_all()
+
+    async def open(self) -> None:
+        async with self._moved:
+            self._allowed = 1 << 30
+            self._moved.notify_all()
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path, log: Path, *extra: str) -> AsyncIterator[Daemon]:
+    """A daemon that is killed on the way out unless the test stopped it."""
+    daemon = await Daemon(config, log).start(*extra)
+    try:
+        yield daemon
+    finally:
+        if daemon.proc.returncode is None:
+            await daemon.kill()
+        else:
+            daemon.close()
+
+
+def _journal_rows(folders: Folders) -> list[dict[str, Any]]:
+    path = folders.state / "journal.sqlite3"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute("SELECT * FROM jobs ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []  # not created yet
+    finally:
+        db.close()
+
+
+def _row(folders: Folders, path: str) -> dict[str, Any] | None:
+    live = [r for r in _journal_rows(folders) if r["path"] == path and not r["source_moved"]]
+    return live[-1] if live else None
+
+
+def _taken(folders: Folders, path: str) -> bool:
+    """Hashed and taken: its sha256 recorded, waiting for (or in) its upload."""
+    row = _row(folders, path)
+    return row is not None and row["state"] == "uploading" and row["sha256"] is not None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _audio(seed: str, size: int) -> bytes:
+    return b"ID3\x04\x00\x00\x00\x00\x00\x00" + random.Random(seed).randbytes(size - 10)
+
+
+def _events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e.get("event") == name]
+
+
+# -- D1: names are bytes --------------------------------------------------------------------
+
+
+async def test_run_once_transcribes_a_name_that_is_not_utf8_beside_good_files(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    good = {name: make_audio(folders.inbox / name, seed=name) for name in ("a.mp3", "b.mp3")}
+    odd_name = b"bad\xff\xfe.mp3"
+    odd_data = _audio("odd", 9000)
+    with open(os.path.join(os.fsencode(folders.inbox), odd_name), "wb") as handle:
+        handle.write(odd_data)
+
+    result = await run_cli(daemon_command(write_config(folders, fake), "--once"), clean_env())
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, sha in good.items():
+        assert (folders.outbox / name.replace(".mp3", ".txt")).read_text() == (
+            expected_text(sha) + "\n"
+        )
+        assert fake.counters.submits_by_sha256[sha] == 1
+    outbox, done = os.fsencode(folders.outbox), os.fsencode(folders.done)
+    with open(os.path.join(outbox, b"bad\xff\xfe.txt"), "rb") as handle:
+        assert handle.read().decode() == expected_text(_sha(odd_data)) + "\n"
+    with open(os.path.join(done, odd_name), "rb") as handle:
+        assert handle.read() == odd_data  # archived under its own name, byte for byte
+    assert fake.counters.submits_by_sha256[_sha(odd_data)] == 1
+    assert os.listdir(os.fsencode(folders.inbox)) == []
+    # The log stays valid UTF-8 JSON, with the odd bytes escaped.
+    transcribed = [e["path"] for e in result.events() if e.get("event") == "file_transcribed"]
+    assert sorted(transcribed) == ["a.mp3", "b.mp3", "bad\udcff\udcfe.mp3"]
+
+
+async def test_a_name_that_is_not_utf8_does_not_stop_the_watcher(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    config = write_config(folders, fake, **{"watch.rescan_interval_s": 0.5})
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await daemon.wait_for_event("watcher_started")
+        with open(os.path.join(os.fsencode(folders.inbox), b"x\xc3(.mp3"), "wb") as handle:
+            handle.write(_audio("odd", 5000))
+        await daemon.wait_for_event("file_transcribed", 1)
+        # A rescan later, a new file is still taken.
+        later = make_audio(folders.inbox / "later.mp3", seed="later")
+        await eventually(lambda: (folders.outbox / "later.txt").exists(), 30, "later.txt")
+        assert (folders.outbox / "later.txt").read_text() == expected_text(later) + "\n"
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+# -- D4: truncated while waiting for its upload slot ---------------------------------------
+
+
+async def test_a_file_truncated_while_waiting_for_its_upload_slot_is_taken_again(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    gate = UploadGate(fake)
+    holder = _audio("holder", BIG)
+    (folders.inbox / "holder.mp3").write_bytes(holder)
+    config = write_config(folders, fake, **{"assemblyai.max_concurrent_uploads": 1})
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await eventually(lambda: gate.held == 1, 30, "the first upload held")
+        data = _audio("waiting", BIG)
+        (folders.inbox / "waiting.mp3").write_bytes(data)
+        await eventually(lambda: _taken(folders, "waiting.mp3"), 30, "waiting.mp3 taken")
+        os.truncate(folders.inbox / "waiting.mp3", BIG // 2)  # hashed, not yet sent
+        await gate.open()
+
+        await daemon.wait_for_event("file_transcribed", 2, timeout_s=60)
+        shorter = data[: BIG // 2]
+        assert (folders.done / "waiting.mp3").read_bytes() == shorter
+        assert (folders.outbox / "waiting.txt").read_text() == expected_text(_sha(shorter)) + "\n"
+        # Never paid for the bytes it no longer has, and never recorded with them.
+        assert fake.counters.submits_by_sha256[_sha(data)] == 0
+        assert fake.counters.submits_by_sha256[_sha(shorter)] == 1
+        rows = [r for r in _journal_rows(folders) if r["path"] == "waiting.mp3"]
+        assert [(r["state"], r["sha256"]) for r in rows] == [("archived", _sha(shorter))]
+        assert _events(daemon, "source_changed")
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+async def test_a_file_that_keeps_changing_fails_after_a_few_attempts_and_frees_its_slot(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    gate = UploadGate(fake)
+    source = folders.inbox / "talk.mp3"
+    source.write_bytes(_audio("talk", 8000))
+    config = write_config(folders, fake, **{"assemblyai.max_concurrent_uploads": 1})
+    async with running(config, folders.root / "daemon.log") as daemon:
+        # Each time its bytes have gone out, it grows again before the transcript is in.
+        for held in range(1, 10):
+            await eventually(
+                lambda n=held: gate.held >= n or bool(_events(daemon, "file_failed")),  # type: ignore[misc]
+                60,
+                f"upload {held} held",
+            )
+            if _events(daemon, "file_failed"):
+                break
+            with source.open("ab") as handle:
+                handle.write(b"more" * 100)
+            await gate.release()
+        else:
+            raise AssertionError("still taken again after 9 changes")
+        await gate.open()
+        report = folders.failed / "talk.mp3.error.json"
+        await eventually(report.exists, 30, "the error report")
+        assert "changing" in report.read_text()
+        assert (folders.failed / "talk.mp3").exists()
+        assert fake.counters.submits == held - 1  # every transcript it got was for old bytes
+        assert not (folders.outbox / "talk.txt").exists()
+        # Its slot is free: a new file goes through.
+        late = make_audio(folders.inbox / "late.mp3", seed="late", size=BIG)
+        await eventually(lambda: (folders.outbox / "late.txt").exists(), 60, "late.txt")
+        assert fake.counters.submits_by_sha256[late] == 1
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+# -- D5: a folder swapped for a link to an outside folder ----------------------------------
+
+
+async def test_a_folder_swapped_for_a_link_to_outside_never_sends_the_outside_file(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    gate = UploadGate(fake)
+    (folders.inbox / "holder.mp3").write_bytes(_audio("holder", BIG))
+    outside_dir = folders.root / "outside"
+    outside_dir.mkdir()
+    secret = _audio("secret", BIG)  # same size as the inside file, other bytes
+    (outside_dir / "x.mp3").write_bytes(secret)
+
+    config = write_config(folders, fake, **{"assemblyai.max_concurrent_uploads": 1})
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await eventually(lambda: gate.held == 1, 30, "the first upload held")
+        (folders.inbox / "sub").mkdir()
+        inside = _audio("inside", BIG)
+        (folders.inbox / "sub" / "x.mp3").write_bytes(inside)
+        await eventually(lambda: _taken(folders, "sub/x.mp3"), 30, "sub/x.mp3 taken")
+        # Between taking the file and sending it: sub/ becomes a link to the outside folder.
+        (folders.inbox / "sub").rename(folders.root / "moved-away")
+        (folders.inbox / "sub").symlink_to(outside_dir, target_is_directory=True)
+        await gate.open()
+
+        await daemon.wait_for_event("file_transcribed", 2, timeout_s=60)
+        assert fake.counters.uploads_by_sha256[_sha(secret)] == 0
+        assert fake.counters.submits_by_sha256[_sha(secret)] == 0
+        # The transcript is of the bytes that were taken (now outside, where they were moved).
+        assert (folders.outbox / "sub" / "x.txt").read_text() == expected_text(_sha(inside)) + "\n"
+        assert (outside_dir / "x.mp3").read_bytes() == secret  # untouched, still there
+        assert not (folders.done / "sub" / "x.mp3").exists()
+        assert (folders.root / "moved-away" / "x.mp3").read_bytes() == inside
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+# -- D6, D7: changed during the upload -----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [8000, BIG], ids=["small", "big"])
+@pytest.mark.parametrize("change", ["renamed_over", "appended"])
+async def test_a_file_changed_during_its_upload_is_transcribed_again_as_a_new_version(
+    folders: Folders, fake: FakeAssemblyAI, change: str, size: int
+) -> None:
+    gate = UploadGate(fake)
+    old = _audio("old", size)
+    source = folders.inbox / "talk.mp3"
+    source.write_bytes(old)
+    config = write_config(folders, fake)
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await eventually(lambda: gate.held == 1, 30, "the upload held")
+        if change == "renamed_over":
+            new = _audio("new", size + 1000)
+            (folders.inbox / ".talk.mp3.tmp").write_bytes(new)
+            os.rename(folders.inbox / ".talk.mp3.tmp", source)
+        else:
+            new = old + b"more audio" * 500
+            with source.open("ab") as handle:
+                handle.write(new[len(old) :])
+        await gate.open()
+
+        await daemon.wait_for_event("file_transcribed", 1, timeout_s=60)
+        assert (folders.done / "talk.mp3").read_bytes() == new
+        assert (folders.outbox / "talk.txt").read_text() == expected_text(_sha(new)) + "\n"
+        assert fake.counters.submits_by_sha256[_sha(new)] == 1
+        rows = _journal_rows(folders)
+        assert [(r["state"], r["sha256"]) for r in rows] == [("archived", _sha(new))]
+        assert _events(daemon, "source_changed")
+        assert not _events(daemon, "file_failed")
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+# -- D8: replaced by a FIFO ----------------------------------------------------------------
+
+
+async def test_a_source_replaced_by_a_fifo_blocks_nothing_and_sigterm_still_stops(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    gate = UploadGate(fake)
+    data = _audio("fifo", BIG)
+    source = folders.inbox / "talk.mp3"
+    source.write_bytes(data)
+    config = write_config(folders, fake)
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await eventually(lambda: gate.held == 1, 30, "the upload held")
+        source.unlink()
+        os.mkfifo(source)
+        await gate.open()
+
+        # Its transcript is of the bytes that were taken; the FIFO is not a version of it.
+        await daemon.wait_for_event("file_transcribed", 1, timeout_s=60)
+        assert (folders.outbox / "talk.txt").read_text() == expected_text(_sha(data)) + "\n"
+        # The io threads are free: another file goes through.
+        other = make_audio(folders.inbox / "other.mp3", seed="other")
+        await eventually(lambda: (folders.outbox / "other.txt").exists(), 60, "other.txt")
+        assert (folders.outbox / "other.txt").read_text() == expected_text(other) + "\n"
+        assert source.is_fifo()  # left where it is, never opened for reading
+        assert not (folders.done / "talk.mp3").exists()
+        assert await daemon.signal(signal.SIGTERM, timeout_s=20) == 0
+
+
+# -- running out of descriptors ------------------------------------------------------------
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_running_out_of_descriptors_delays_a_file_and_never_fails_it(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    config = write_config(folders, fake)
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await daemon.wait_for_event("watcher_started")
+        pid = daemon.proc.pid
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_open_fds(pid), hard))  # nothing new
+        try:
+            sha = make_audio(folders.inbox / "talk.mp3", seed="talk")
+            await daemon.wait_for_event("job_deferred", 1, timeout_s=60)
+            deferred = _events(daemon, "job_deferred")[0]
+            assert "open files" in deferred["reason"]
+            assert not _events(daemon, "file_failed")
+            assert (folders.inbox / "talk.mp3").exists()
+            assert _row(folders, "talk.mp3")["state"] != "failed"  # type: ignore[index]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # it died: the assertions say why
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        await daemon.wait_for_event("file_transcribed", 1, timeout_s=60)
+        assert (folders.outbox / "talk.txt").read_text() == expected_text(sha) + "\n"
+        assert not _events(daemon, "file_failed")
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
+# -- a nested path too long for the outbox -------------------------------------------------
+
+
+async def test_a_path_too_long_for_the_outbox_fails_with_a_report_after_a_few_attempts(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    outbox = folders.root / ("o" * 200) / ("o" * 200) / "outbox"
+    folders.outbox = outbox
+    # Long enough below the inbox (and failed/) but past PATH_MAX below the outbox.
+    room = 4000 - len(str(folders.failed)) - 40
+    parts = ["d" * 200] * (room // 201)
+    nested = folders.inbox.joinpath(*parts)
+    nested.mkdir(parents=True)
+    rel = "/".join([*parts, "talk.mp3"])
+    make_audio(nested / "talk.mp3", seed="long")
+
+    result = await run_cli(
+        daemon_command(write_config(folders, fake), "--once"), clean_env(), timeout_s=90
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = [e for e in result.events() if e.get("event") == "file_failed"]
+    assert [e["path"] for e in failed] == [rel]
+    assert (folders.failed / rel).exists()
+    assert (folders.failed / f"{rel}.error.json").exists()
+    assert "too long" in (folders.failed / f"{rel}.error.json").read_text()
+
+
+# -- property: any names -------------------------------------------------------------------
+
+_NAME_BYTES = st.binary(min_size=1, max_size=60).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
+
+
+def _is_candidate(name: bytes) -> bool:
+    # Every generated name ends in ".mp3"; hidden and "~" names are never taken.
+    return not name.startswith((b".", b"~"))
+
+
+async def _run_once_over(names: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folders = Folders(
+            root, root / "inbox", root / "outbox", root / "done", root / "failed", root / "state"
+        )
+        folders.inbox.mkdir()
+        inbox = os.fsencode(folders.inbox)
+        contents: dict[bytes, bytes] = {}
+        for i, name in enumerate([*names, b"good-1.mp3", b"good-2.mp3"]):
+            contents[name] = _audio(f"{i}:{name!r}", 3000 + i)
+            with open(os.path.join(inbox, name), "wb") as handle:
+                handle.write(contents[name])
+        async with FakeAssemblyAI(
+            FakeConfig(api_keys=(API_KEY,), latency_s=0.05, concurrency=50)
+        ) as fake:
+            result = await run_cli(
+                daemon_command(write_config(folders, fake), "--once"), clean_env(), 90
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            taken = {n: d for n, d in contents.items() if _is_candidate(n)}
+            for data in taken.values():
+                assert fake.counters.submits_by_sha256[_sha(data)] == 1
+            assert fake.counters.submits == len(taken)
+        left = set(os.listdir(inbox))
+        assert left == {n for n in contents if not _is_candidate(n)}  # nothing unhandled
+        done: dict[bytes, bytes] = {}
+        for name in os.listdir(os.fsencode(folders.done)):
+            with open(os.path.join(os.fsencode(folders.done), name), "rb") as handle:
+                done[name] = handle.read()
+        assert sorted(done.values()) == sorted(taken.values())
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(_NAME_BYTES.map(lambda b: b + b".mp3"), min_size=1, max_size=4, unique=True))
+def test_any_file_names_beside_good_files_each_good_file_is_transcribed_once(
+    names: list[bytes],
+) -> None:
+    asyncio.run(_run_once_over(names))

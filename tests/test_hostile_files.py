@@ -36,6 +36,9 @@ from conftest import (
     write_config,
 )
 from fakeapi import FakeAssemblyAI, FakeConfig
+from transcribed.errors import SourceChangedError
+from transcribed.journal import Journal
+from transcribed.paths import FileIdentity, SourceFile, open_beneath, printable, stat_beneath
 
 BIG = 3 << 20  # above the size whose bytes are kept from hashing: uploads stream from disk
 
@@ -158,13 +161,15 @@ async def test_run_once_transcribes_a_name_that_is_not_utf8_beside_good_files(
 async def test_a_name_that_is_not_utf8_does_not_stop_the_watcher(
     folders: Folders, fake: FakeAssemblyAI
 ) -> None:
-    config = write_config(folders, fake, **{"watch.rescan_interval_s": 0.5})
+    config = write_config(folders, fake)  # the periodic rescan is 30 s away
     async with running(config, folders.root / "daemon.log") as daemon:
         await daemon.wait_for_event("watcher_started")
+        odd = _audio("odd", 5000)
         with open(os.path.join(os.fsencode(folders.inbox), b"x\xc3(.mp3"), "wb") as handle:
-            handle.write(_audio("odd", 5000))
+            handle.write(odd)
         await daemon.wait_for_event("file_transcribed", 1)
-        # A rescan later, a new file is still taken.
+        assert fake.counters.submits_by_sha256[_sha(odd)] == 1
+        # The watch goes on: a new file is taken at once.
         later = make_audio(folders.inbox / "later.mp3", seed="later")
         await eventually(lambda: (folders.outbox / "later.txt").exists(), 30, "later.txt")
         assert (folders.outbox / "later.txt").read_text() == expected_text(later) + "\n"
@@ -407,51 +412,148 @@ _NAME_BYTES = st.binary(min_size=1, max_size=60).filter(
 )
 
 
-def _is_candidate(name: bytes) -> bool:
-    # Every generated name ends in ".mp3"; hidden and "~" names are never taken.
-    return not name.startswith((b".", b"~"))
+def _is_candidate(rel: bytes) -> bool:
+    # Every generated name ends in ".mp3"; hidden paths and "~" names are never taken.
+    parts = rel.split(b"/")
+    return not any(part.startswith(b".") for part in parts) and not parts[-1].startswith(b"~")
 
 
-async def _run_once_over(names: list[bytes]) -> None:
+def _tree(top: bytes) -> dict[bytes, bytes]:
+    """Every regular file below ``top`` (links not followed), with its bytes."""
+    found: dict[bytes, bytes] = {}
+    for folder, _, names in os.walk(top):
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, top)] = handle.read()
+    return found
+
+
+async def _run_once_over(names: list[tuple[bool, bytes]], folder: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folders = Folders(
             root, root / "inbox", root / "outbox", root / "done", root / "failed", root / "state"
         )
-        folders.inbox.mkdir()
         inbox = os.fsencode(folders.inbox)
+        os.makedirs(os.path.join(inbox, folder))
         contents: dict[bytes, bytes] = {}
-        for i, name in enumerate([*names, b"good-1.mp3", b"good-2.mp3"]):
-            contents[name] = _audio(f"{i}:{name!r}", 3000 + i)
-            with open(os.path.join(inbox, name), "wb") as handle:
-                handle.write(contents[name])
+        files = [*names, (False, b"good-1.mp3"), (True, b"good-2.mp3")]
+        for i, (nested, name) in enumerate(files):
+            rel = os.path.join(folder, name) if nested else name
+            contents[rel] = _audio(f"{i}:{rel!r}", 3000 + i)
+            with open(os.path.join(inbox, rel), "wb") as handle:
+                handle.write(contents[rel])
+        # What is outside the inbox is reachable from it only through links.
+        secret = _audio("secret", 4000)
+        (root / "outside").mkdir()
+        (root / "outside" / "secret.mp3").write_bytes(secret)
+        os.symlink(root / "outside", os.path.join(inbox, b"elsewhere"))
+        os.symlink(root / "outside" / "secret.mp3", os.path.join(inbox, folder, b"link.mp3"))
         async with FakeAssemblyAI(
             FakeConfig(api_keys=(API_KEY,), latency_s=0.05, concurrency=50)
         ) as fake:
-            result = await run_cli(
-                daemon_command(write_config(folders, fake), "--once"), clean_env(), 90
-            )
+            config = write_config(folders, fake)
+            before = _tree(os.fsencode(root))
+            result = await run_cli(daemon_command(config, "--once"), clean_env(), 90)
             assert result.returncode == 0, result.stdout + result.stderr
-            taken = {n: d for n, d in contents.items() if _is_candidate(n)}
+            taken = {rel: data for rel, data in contents.items() if _is_candidate(rel)}
             for data in taken.values():
                 assert fake.counters.submits_by_sha256[_sha(data)] == 1
             assert fake.counters.submits == len(taken)
-        left = set(os.listdir(inbox))
-        assert left == {n for n in contents if not _is_candidate(n)}  # nothing unhandled
-        done: dict[bytes, bytes] = {}
-        for name in os.listdir(os.fsencode(folders.done)):
-            with open(os.path.join(os.fsencode(folders.done), name), "rb") as handle:
-                done[name] = handle.read()
-        assert sorted(done.values()) == sorted(taken.values())
+            assert fake.counters.uploads_by_sha256[_sha(secret)] == 0  # nothing outside read
+        after = _tree(os.fsencode(root))
+        ours = (b"inbox/", b"outbox/", b"done/", b"failed/", b"state/")
+        outside_ours = {k: v for k, v in after.items() if not k.startswith(ours)}
+        assert outside_ours == {k: v for k, v in before.items() if not k.startswith(ours)}
+        left = {rel for rel in _tree(inbox)}
+        assert left == {rel for rel in contents if not _is_candidate(rel)}  # none unhandled
+        assert sorted(_tree(os.fsencode(folders.done)).values()) == sorted(taken.values())
+        assert _tree(os.fsencode(folders.failed)) == {}
+
+
+_PLACED_NAMES = st.lists(
+    st.tuples(st.booleans(), _NAME_BYTES.map(lambda b: b + b".mp3")),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda placed: placed[1],
+)
 
 
 @settings(
-    max_examples=4,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(st.lists(_NAME_BYTES.map(lambda b: b + b".mp3"), min_size=1, max_size=4, unique=True))
-def test_any_file_names_beside_good_files_each_good_file_is_transcribed_once(
-    names: list[bytes],
+@given(names=_PLACED_NAMES, folder=_NAME_BYTES)
+def test_any_names_and_links_out_each_good_file_is_transcribed_once_and_nothing_else_read(
+    names: list[tuple[bool, bytes]], folder: bytes
 ) -> None:
-    asyncio.run(_run_once_over(names))
+    asyncio.run(_run_once_over(names, folder))
+
+
+# -- the pieces: opening by handle, names kept byte for byte -------------------------------
+
+
+def test_open_beneath_enters_no_link_and_opens_only_regular_files(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "real").mkdir(parents=True)
+    (inbox / "real" / "a.mp3").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.mp3").write_bytes(b"outside")
+    (inbox / "linked").symlink_to(outside, target_is_directory=True)
+    (inbox / "real" / "link.mp3").symlink_to(outside / "a.mp3")
+    os.mkfifo(inbox / "real" / "fifo.mp3")  # opening it for reading would block
+
+    opened = open_beneath(inbox, "real/a.mp3")
+    assert opened is not None
+    fd, info = opened
+    try:
+        assert os.read(fd, 100) == b"inside"
+        assert info.st_size == 6
+    finally:
+        os.close(fd)
+    for rel in ("linked/a.mp3", "real/link.mp3", "real/fifo.mp3", "real/../real/a.mp3", "nope"):
+        assert open_beneath(inbox, rel) is None, rel
+        assert stat_beneath(inbox, rel) is None, rel
+    assert stat_beneath(inbox, "real/a.mp3") is not None
+
+
+def test_a_source_file_once_released_opens_only_the_same_file(tmp_path: Path) -> None:
+    (tmp_path / "a.mp3").write_bytes(b"first")
+    opened = open_beneath(tmp_path, "a.mp3")
+    assert opened is not None
+    fd, info = opened
+    source = SourceFile(tmp_path, "a.mp3", FileIdentity.of(info), fd)
+    (tmp_path / "new.mp3").write_bytes(b"other")
+    os.rename(tmp_path / "new.mp3", tmp_path / "a.mp3")
+    with source.open() as handle:  # the descriptor that was hashed: the first file
+        assert handle.read() == b"first"
+    source.release()
+    with pytest.raises(SourceChangedError):
+        source.open()  # the path now leads to another file
+    assert source.current() is not None
+    assert not source.identity.same_file(source.current())  # type: ignore[arg-type]
+
+
+def test_the_journal_keeps_names_that_are_not_utf8_byte_for_byte(tmp_path: Path) -> None:
+    odd = os.fsdecode(b"dir\xff/bad\xff\xfe.mp3")
+    with Journal(tmp_path) as journal:
+        ids = journal.discover_many([(odd, 1, 1), ("good.mp3", 1, 1)])
+        assert set(ids) == {odd, "good.mp3"}
+        assert journal.discover_many([(odd, 1, 1)]) == {}  # known: one live row per path
+        assert journal.live_paths() == {odd, "good.mp3"}
+        job = ids[odd]
+        journal.set_state(job, "uploading", output_base=odd[:-4], output_key=odd[:-4].casefold())
+        journal.set_state(job, "failed", last_error=f"cannot move {odd}")
+        row = journal.get(job)
+        assert os.fsencode(row.path) == b"dir\xff/bad\xff\xfe.mp3"
+        assert row.output_base == odd[:-4]
+        assert row.last_error == "cannot move dir\\xff/bad\\xff\\xfe.mp3"
+        stored = (
+            sqlite3.connect(journal.path).execute("SELECT path FROM jobs ORDER BY id").fetchall()
+        )
+        assert stored == [(b"dir\xff/bad\xff\xfe.mp3",), ("good.mp3",)]
+    assert printable(odd) == "dir\\xff/bad\\xff\\xfe.mp3"

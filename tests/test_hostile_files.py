@@ -493,6 +493,47 @@ def test_any_names_and_links_out_each_good_file_is_transcribed_once_and_nothing_
     asyncio.run(_run_once_over(names, folder))
 
 
+# -- the local engine: checked after decoding --------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+@pytest.mark.local
+async def test_the_local_engine_transcribes_a_file_renamed_over_while_decoding_as_a_new_version(
+    folders: Folders,
+) -> None:
+    pytest.importorskip("faster_whisper")
+    config = write_config(folders, None, backend="local", **{"local.workers": 1})
+    async with running(config, folders.root / "daemon.log") as daemon:
+        await daemon.wait_for_event("daemon_ready", timeout_s=120)
+        workers = _children(daemon.proc.pid)
+        assert workers
+        for pid in workers:  # the engine cannot start on the file until we say so
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            old = (SAMPLES / "kitchen.mp3").read_bytes()
+            (folders.inbox / "talk.mp3").write_bytes(old)
+            await eventually(lambda: _taken(folders, "talk.mp3"), 30, "talk.mp3 sent to a worker")
+            new = (SAMPLES / "train.mp3").read_bytes()
+            (folders.inbox / ".talk.mp3.tmp").write_bytes(new)
+            os.rename(folders.inbox / ".talk.mp3.tmp", folders.inbox / "talk.mp3")
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+
+        await daemon.wait_for_event("file_transcribed", 1, timeout_s=120)
+        assert (folders.done / "talk.mp3").read_bytes() == new
+        rows = _journal_rows(folders)
+        assert [(r["state"], r["sha256"]) for r in rows] == [("archived", _sha(new))]
+        assert _events(daemon, "source_changed")
+        assert await daemon.signal(signal.SIGTERM) == 0
+
+
 # -- the pieces: opening by handle, names kept byte for byte -------------------------------
 
 

@@ -5,6 +5,13 @@ state change goes through :meth:`Journal.set_state`, which checks it against
 :data:`transcribed.journal.TRANSITIONS`. A step that stops a job without an outcome (the file
 is still being written, the same bytes are on their way already) says why with a
 :class:`Skip`.
+
+The inbox is hostile. A source is opened by handle (:func:`~transcribed.paths.open_beneath`):
+never through a link, never a FIFO. It is hashed, sent and measured from that descriptor.
+Before its outputs are written, and again before it moves to done/, its size, mtime and inode
+must still be those that were hashed. A source that changed is a new version: it goes back to
+``discovered`` and keeps nothing of the old one but its output name. One that keeps changing
+fails after ``MAX_TAKES``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 import structlog
 
 from transcribed.backends import Backend, Content, Job
+from transcribed.checkpoints import Admission, JournalCheckpoints
 from transcribed.errors import (
     AuthError,
     ConfigError,
@@ -77,76 +84,6 @@ class RunStats:
     done: int = 0
     failed: int = 0
     reused: int = 0
-
-
-class Admission:
-    """A place among the jobs between taking a file and submitting it; left at most once."""
-
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
-        self._semaphore = semaphore
-        self._held = False
-
-    async def enter(self) -> None:
-        await self._semaphore.acquire()
-        self._held = True
-
-    def leave(self) -> None:
-        if self._held:
-            self._held = False
-            self._semaphore.release()
-
-
-class _Checkpoints:
-    """Journal-backed :class:`~transcribed.backends.Checkpoints` for one job."""
-
-    def __init__(
-        self,
-        journal: Journal,
-        job_id: int,
-        phases: dict[int, str],
-        release: Callable[[], None] = lambda: None,
-        source: SourceFile | None = None,
-    ) -> None:
-        self._journal = journal
-        self._id = job_id
-        self._phases = phases
-        self._release = release
-        self._source = source
-        self._upload: dict[str, Any] = {}
-
-    def uploaded(self, upload_url: str) -> None:
-        # Recorded with the submit mark that follows at once, in one commit: should the
-        # process die in between, the upload is only done again, which costs nothing.
-        self._upload = {"upload_url": upload_url, "uploaded_at": time.time()}
-
-    async def submitting(self) -> None:
-        # Durable: after a power cut this is what sends a restart to look the submit up
-        # instead of paying again.
-        self._journal.update(self._id, **self._upload, submit_started_at=time.time())
-        self._upload = {}
-        await self._journal.durable()
-        self._release()
-
-    def submitted(self, transcript_id: str) -> None:
-        # Not fsynced: should a power cut lose it, the durable submit_started_at sends the
-        # restart to find this transcript in the list instead of submitting again.
-        self._journal.set_state(
-            self._id, State.SUBMITTED, transcript_id=transcript_id, submitted_at=time.time()
-        )
-        self._release()
-        if self._source is not None:
-            # Sent: while it waits for its transcript, the job holds no descriptor (thousands
-            # may wait); what reads it later walks to it again and checks it is the same.
-            self._source.release()
-
-    def upload_lost(self) -> None:
-        self._upload = {}
-        self._journal.update(self._id, upload_url=None, uploaded_at=None, submit_started_at=None)
-
-    def phase(self, name: str) -> None:
-        self._phases[self._id] = name
-        if name == "uploading":  # when the bytes start to flow, not when the job queued for it
-            self._journal.update(self._id, upload_started_at=time.time())
 
 
 def _hash(fd: int, keep_up_to: int = 0) -> tuple[str, bytes | None, os.stat_result]:
@@ -233,7 +170,7 @@ class JobSteps:
             source = job.source
             if job.transcript_id is not None:
                 admission.leave()  # submitted before (a restart, or a reused transcript)
-            checkpoints = _Checkpoints(
+            checkpoints = JournalCheckpoints(
                 self._journal, row.id, self._phases, admission.leave, job.source
             )
             result = await self._backend.transcribe(job, checkpoints)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from transcribed.backends import Backend
-from transcribed.job import Admission, JobSteps, RunStats
+from transcribed.checkpoints import Admission
+from transcribed.job import JobSteps, RunStats
 from transcribed.journal import JobRow, Journal
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics

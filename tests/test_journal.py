@@ -26,6 +26,8 @@ def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:
         first = journal.discover("a.mp3", 10, 1)
         assert first is not None
         assert journal.discover("a.mp3", 10, 1) is None
+        for state in ("uploading", "completed"):
+            journal.set_state(first, state)
         journal.set_state(first, "archived", source_moved=1)
         again = journal.discover("a.mp3", 12, 2)
         assert again is not None and again != first
@@ -43,6 +45,8 @@ def test_claimable_skips_running_and_deferred_jobs_and_next_wakeup_sees_only_def
         now = time.time()
         journal.update(c, next_attempt_at=now + 30)
         journal.update(e, next_attempt_at=now + 10)
+        for state in ("uploading", "completed"):
+            journal.set_state(d, state)
         journal.set_state(d, "archived", source_moved=1, next_attempt_at=now + 5)
         # a is running; c and e are deferred; d has left the inbox.
         assert [row.id for row in journal.claimable(5, {a}, now)] == [b]

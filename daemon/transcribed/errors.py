@@ -8,6 +8,8 @@
 - ``TransientError``: retry with backoff; never fails a file.
 - ``PermanentError``: this one file fails and goes to ``failed/`` with a report.
 - ``LocalIOError``: our own disk (outbox full, not writable); keep the source, retry later.
+- ``SourceChangedError``: the source is no longer the file that was hashed; take it again as a
+  new version.
 - ``ComponentFailedError``: a long-running part died while the daemon ran (exit code 1).
 """
 
@@ -89,3 +91,8 @@ class UploadExpiredError(TranscribedError):
 
 class LocalIOError(TranscribedError):
     """Writing results or moving the source failed on our side: keep the source, retry later."""
+
+
+class SourceChangedError(TranscribedError):
+    """The source is no longer the file that was hashed (it shrank, grew, was rewritten or
+    replaced): nothing more of it is sent, and it is taken again as a new version."""

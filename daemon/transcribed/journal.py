@@ -8,9 +8,15 @@ thread, one fsync for every job that asked meanwhile (group commit), so neither 
 nor the other jobs wait for the disk. Calls are short synchronous statements on the event
 loop's thread: they cannot be interrupted half-way by task cancellation.
 
-States: ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed`` (outputs written) ->
-``archived`` (source moved to done/), or ``failed``. ``source_moved`` is 0 while the source is
-still in the inbox; at most one such row exists per inbox path.
+Names are bytes: a path that is not UTF-8 (held in Python as ``str`` with surrogates, as
+``os`` gives it) is stored as a BLOB of its bytes, and read back as the same ``str``; every
+other path stays TEXT, so the two never meet in the unique index.
+
+States (:class:`State`): ``discovered`` -> ``uploading`` -> ``submitted`` -> ``completed``
+(outputs written) -> ``archived`` (source moved to done/), or ``failed``; :data:`TRANSITIONS`
+lists every allowed step, and :meth:`Journal.set_state`, the only way to change a state, refuses
+any other. ``source_moved`` is 0 while the source is still in the inbox; at most one such row
+exists per inbox path.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,41 @@ from transcribed.errors import ConfigError, LocalIOError
 from transcribed.groupsync import GroupSync, fsync_path
 from transcribed.logs import redact
 
-STATES = ("discovered", "uploading", "submitted", "completed", "archived", "failed")
+
+class State(StrEnum):
+    """A job's state. A ``StrEnum``: the journal's column and ``status`` hold the plain names."""
+
+    DISCOVERED = "discovered"
+    """Settled in the inbox, not yet taken (or taken again: it changed)."""
+    UPLOADING = "uploading"
+    """Hashed and taken: its bytes go to the backend."""
+    SUBMITTED = "submitted"
+    """The service holds a transcript id for it (or one is reused)."""
+    COMPLETED = "completed"
+    """Outputs written; the source is still to be moved to done/."""
+    ARCHIVED = "archived"
+    """Done: outputs written, source in done/."""
+    FAILED = "failed"
+    """Failed: the source goes (or went) to failed/ with a report."""
+
+
+#: Every allowed step from a state to the next. Anything else is a bug, refused by set_state.
+#: Back to ``discovered``: the source changed after it was hashed (it is a new version, taken
+#: again once it is quiet, and keeps nothing of the old one but its output name).
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.DISCOVERED: frozenset({State.UPLOADING, State.SUBMITTED, State.FAILED}),
+    State.UPLOADING: frozenset({State.SUBMITTED, State.COMPLETED, State.FAILED, State.DISCOVERED}),
+    State.SUBMITTED: frozenset(
+        # submitted -> submitted: a stuck job resubmitted; -> uploading: a reused transcript
+        # that was deleted meanwhile, so this job pays for its own after all.
+        {State.SUBMITTED, State.UPLOADING, State.COMPLETED, State.FAILED, State.DISCOVERED}
+    ),
+    State.COMPLETED: frozenset({State.ARCHIVED, State.FAILED, State.DISCOVERED}),
+    State.ARCHIVED: frozenset(),
+    # failed -> failed: a failure recorded again (a new reason) before its report is written.
+    State.FAILED: frozenset({State.FAILED}),
+}
+STATES = tuple(State)
 SCHEMA_VERSION = 1
 MAX_NAME_TRIES = 10_000
 
@@ -87,7 +128,7 @@ class JobRow:
     size: int
     mtime_ns: int
     sha256: str | None
-    state: str
+    state: State
     backend: str | None
     upload_url: str | None
     transcript_id: str | None
@@ -120,6 +161,54 @@ _DAMAGED_HINT = (
     "already hold results, that first start needs --set daemon.accept_empty_journal=true)"
 )
 _SUBMIT_MARK = re.compile(r"^submit=(?P<job>\d+)@(?P<at>[0-9.e+-]+)", re.M)
+
+
+_STATE_AT = [f.name for f in fields(JobRow)].index("state")
+
+
+#: Columns that hold names on disk: kept byte for byte (see :func:`_stored`).
+_NAME_COLUMNS = frozenset({"path", "output_base", "output_key", "final_path"})
+_NAME_AT = [i for i, f in enumerate(fields(JobRow)) if f.name in _NAME_COLUMNS]
+
+
+def _row(values: Sequence[Any]) -> JobRow:
+    """A row as read (columns in ``_COLUMNS`` order) as a :class:`JobRow`."""
+    fixed = list(values)
+    fixed[_STATE_AT] = State(fixed[_STATE_AT])
+    for at in _NAME_AT:
+        if isinstance(fixed[at], bytes):
+            fixed[at] = os.fsdecode(fixed[at])
+    return JobRow(*fixed)
+
+
+def _stored(column: str, value: Any) -> Any:
+    """``value`` as SQLite can hold it: a name that is not UTF-8 as the BLOB of its bytes
+    (lossless); other text with such bytes (a message naming that file) escaped."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        if column in _NAME_COLUMNS:
+            return os.fsencode(value)
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def _name(value: str) -> str | bytes:
+    """A path or output name as stored (see :func:`_stored`)."""
+    stored: str | bytes = _stored("path", value)
+    return stored
+
+
+class IllegalTransitionError(ValueError):
+    """A state change that :data:`TRANSITIONS` does not allow: a bug, never a file's fault."""
+
+    def __init__(self, job_id: int, current: str, wanted: str) -> None:
+        super().__init__(f"job {job_id}: no transition from {current!r} to {wanted!r}")
+        self.job_id = job_id
+        self.current = current
+        self.wanted = wanted
 
 
 class JournalError(ConfigError):
@@ -380,10 +469,13 @@ class Journal:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608 - column list is ours
         if row is None:
             raise KeyError(job_id)
-        return JobRow(*row)
+        return _row(row)
 
     def live_paths(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")}
+        return {
+            os.fsdecode(r[0]) if isinstance(r[0], bytes) else r[0]
+            for r in self.db.execute("SELECT path FROM jobs WHERE source_moved = 0")
+        }
 
     def claimable(self, limit: int, exclude: set[int], now: float | None = None) -> list[JobRow]:
         """Live jobs that still need work, oldest first, skipping those already running."""
@@ -410,7 +502,7 @@ class Journal:
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             found += [
-                JobRow(*row)
+                _row(row)
                 for row in self.db.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id",  # noqa: S608 - ours
                     chunk,
@@ -439,7 +531,7 @@ class Journal:
         return float(row[0]) if row and row[0] is not None else None
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        counts = {state.value: 0 for state in State}
         for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
             counts[state] = n
         return counts
@@ -449,7 +541,7 @@ class Journal:
             f"SELECT {_COLUMNS} FROM jobs ORDER BY updated_at DESC, id DESC LIMIT ?",  # noqa: S608
             (limit,),
         ).fetchall()
-        return [JobRow(*r) for r in rows]
+        return [_row(r) for r in rows]
 
     def find_same_content(self, sha256: str, backend: str, job_id: int) -> JobRow | None:
         """Another job with these bytes: one whose transcript can be reused (preferred), or one
@@ -461,7 +553,7 @@ class Journal:
             "ORDER BY (transcript_id IS NOT NULL) DESC, (state = 'archived') DESC, id DESC LIMIT 1",
             (sha256, backend, job_id),
         ).fetchone()
-        return JobRow(*row) if row else None
+        return _row(row) if row else None
 
     def has_transcript(self, transcript_id: str) -> bool:
         row = self.db.execute(
@@ -488,7 +580,7 @@ class Journal:
         cur = self.db.execute(
             "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, updated_at) "
             "VALUES (?, ?, ?, 'discovered', ?, ?)",
-            (path, size, mtime_ns, now, now),
+            (_name(path), size, mtime_ns, now, now),
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
@@ -503,32 +595,57 @@ class Journal:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, "
                     "updated_at) VALUES (?, ?, ?, 'discovered', ?, ?)",
-                    (path, size, mtime_ns, now, now),
+                    (_name(path), size, mtime_ns, now, now),
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     new_ids[path] = cur.lastrowid
         return new_ids
 
     def update(self, job_id: int, **values: Any) -> float:
-        """Set columns of one job; returns the ``updated_at`` it wrote."""
+        """Set columns of one job, its state excepted (:meth:`set_state`); returns the
+        ``updated_at`` it wrote."""
+        if "state" in values:
+            raise KeyError("state: use set_state, which checks the transition")
+        return self._write(job_id, values, None)
+
+    def set_state(self, job_id: int, state: State | str, **values: Any) -> float:
+        """Move a job to ``state`` (setting ``values`` in the same statement), if
+        :data:`TRANSITIONS` allows it from the state it is in; else
+        :class:`IllegalTransitionError`, and nothing is written."""
+        wanted = State(state)  # ValueError for a name that is no state
+        return self._write(job_id, {"state": wanted.value, **values}, wanted)
+
+    def _write(self, job_id: int, values: dict[str, Any], state: State | None) -> float:
         for key in values:
             if key not in JobRow.__dataclass_fields__ or key == "id":
                 raise KeyError(key)
         if isinstance(values.get("last_error"), str):  # error texts may echo the API key
             values["last_error"] = redact(values["last_error"])
+        values = {key: _stored(key, value) for key, value in values.items()}
         values["updated_at"] = now = time.time()
         columns = ", ".join(f"{key} = ?" for key in values)
+        where = "id = ?"
+        params: list[Any] = [job_id]
+        if state is not None:
+            # The check is part of the statement: no read before it, and no other write
+            # between the check and the change.
+            sources = _SOURCES[state]
+            where += f" AND state IN ({', '.join('?' * len(sources))})"
+            params += sources
         # One statement is its own transaction (autocommit), or joins the caller's: either way
         # one call into SQLite instead of three.
-        self.db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))  # noqa: S608
+        cur = self.db.execute(
+            f"UPDATE jobs SET {columns} WHERE {where}",  # noqa: S608 - names are JobRow's
+            (*values.values(), *params),
+        )
+        if state is not None and cur.rowcount == 0:
+            current = self.db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if current is None:
+                raise KeyError(job_id)
+            raise IllegalTransitionError(job_id, str(current[0]), state.value)
         if values.get("submit_started_at") is not None:
             self._submit_mark = (job_id, now)  # written to the lock file by the next sync()
         return now
-
-    def set_state(self, job_id: int, state: str, **values: Any) -> float:
-        if state not in STATES:
-            raise ValueError(state)
-        return self.update(job_id, state=state, **values)
 
     def free_output_base(
         self, job_id: int, candidates: Iterable[str], exists: Callable[[str], bool]
@@ -541,7 +658,7 @@ class Journal:
         for base in itertools.islice(candidates, MAX_NAME_TRIES):
             taken = self.db.execute(
                 "SELECT 1 FROM jobs WHERE output_key = ? AND id != ? LIMIT 1",
-                (output_name(base)["output_key"], job_id),
+                (_name(output_name(base)["output_key"]), job_id),
             ).fetchone()
             if taken is None and not exists(base):
                 return base
@@ -558,6 +675,13 @@ class Journal:
             base = self.free_output_base(job_id, candidates, exists)
             self.update(job_id, **output_name(base))
             return base
+
+
+#: For each state, the states a job may come to it from.
+_SOURCES: dict[State, list[str]] = {
+    wanted: [old.value for old, allowed in TRANSITIONS.items() if wanted in allowed]
+    for wanted in State
+}
 
 
 def output_name(base: str) -> dict[str, str]:

@@ -253,6 +253,14 @@ class Watcher:
                 # once it is. A file seen by both is noted twice, which is harmless.
                 await self.scan()
                 await events
+            except (RuntimeError, ExceptionGroup) as exc:
+                # watchfiles gives up on a batch that names a path that is not UTF-8
+                # (WatchfilesRustInternalError, "Unable to decode path"): watch again, and
+                # walk the inbox for what that batch named (a walk keeps such names).
+                if not _undecodable_path(exc):
+                    raise
+                log.warning("watch_events_lost", reason="a path that is not UTF-8")
+                continue
             except OSError as exc:
                 if not self._polling and _is_watch_limit(exc):
                     self._polling = True
@@ -267,9 +275,12 @@ class Watcher:
                     raise  # the inbox is fine: this is a real failure
                 # The inbox went away under the watch: wait for it to come back.
             finally:
-                events.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await events
+                if not events.done():
+                    events.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await events
+                elif not events.cancelled():
+                    events.exception()  # handled above, or lost to the error that ended us
 
     async def _inbox_state(self) -> str | None:
         """What is wrong with the inbox now, or None when it can be watched."""
@@ -365,6 +376,18 @@ class Watcher:
                     await _wait_any(stop, timeout=tick_s)
         finally:
             self.running = False
+
+
+def _undecodable_path(exc: Exception) -> bool:
+    """True when ``exc`` is (only) watchfiles failing to name a path that is not UTF-8."""
+
+    def undecodable(error: BaseException) -> bool:
+        return isinstance(error, RuntimeError) and "decode path" in str(error)
+
+    if isinstance(exc, ExceptionGroup):
+        found, rest = exc.split(undecodable)
+        return found is not None and rest is None
+    return undecodable(exc)
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:  # noqa: ASYNC109 - waits on several events, which asyncio.timeout cannot express

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from transcribed.paths import SourceFile
+
 
 class Content:
     """A small file's bytes, read while hashing it, handed to its upload once: the first
@@ -46,6 +48,9 @@ class Job:
     attempts: int = 0
     #: The bytes that were hashed, when the file is small (saves reading it again to upload).
     content: Content | None = field(default=None, repr=False, compare=False)
+    #: The file that was hashed, reached by handle: read it through this, not through
+    #: ``path`` (which a swapped folder or a rename may point elsewhere). None: use ``path``.
+    source: SourceFile | None = field(default=None, repr=False, compare=False)
 
 
 class Checkpoints(Protocol):

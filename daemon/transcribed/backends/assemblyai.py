@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -20,7 +20,12 @@ from transcribed.backends import Capabilities, Checkpoints, Job, Result
 from transcribed.backends.assemblyai_api import AssemblyAIClient
 from transcribed.backends.assemblyai_status import POLL_SHARE, StatusTracker, audio_duration_s
 from transcribed.config import AssemblyAISettings
-from transcribed.errors import PermanentError, TransientError, UploadExpiredError
+from transcribed.errors import (
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+    UploadExpiredError,
+)
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
 from transcribed.webhooks import webhook_routes
@@ -154,7 +159,7 @@ class AssemblyAIBackend:
             fresh=job.transcript_id is None,
             submitted_at=submitted_at,
             # Webhooks say when a job is done: no plan of status checks, so no duration.
-            audio=None if self.tracker.webhooks else job.path,
+            audio=None if self.tracker.webhooks else _opener(job),
         )
         transcript_id = str(transcript["id"])
         subtitles = {
@@ -171,7 +176,11 @@ class AssemblyAIBackend:
             checkpoints.phase("uploading")
             content = job.content.take() if job.content is not None else None
             url = await self.client.upload(
-                job.path, job.size, self._metrics.upload_bytes.inc, content
+                _opener(job),
+                job.size,
+                self._metrics.upload_bytes.inc,
+                content,
+                sha256=job.sha256,
             )
         checkpoints.uploaded(url)
         return url
@@ -226,7 +235,7 @@ class AssemblyAIBackend:
         *,
         fresh: bool,
         submitted_at: float,
-        audio: Path | None,
+        audio: Path | Callable[[], BinaryIO] | None,
     ) -> dict[str, Any]:
         s = self.settings
         tracker = self.tracker
@@ -289,7 +298,9 @@ class AssemblyAIBackend:
             tracker.forget(transcript_id)
             self._polling -= 1
 
-    async def _duration_s(self, audio: Path, *, defer: bool) -> float | None:
+    async def _duration_s(
+        self, audio: Path | Callable[[], BinaryIO], *, defer: bool
+    ) -> float | None:
         """The audio's duration from its header, which plans this job's status checks, seconds
         away. With ``defer``, read once no job is uploading or submitting (or after
         ``DURATION_DEFER_S``): the header parser is Python holding the interpreter lock, and
@@ -298,7 +309,7 @@ class AssemblyAIBackend:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DURATION_DEFER_S):
                     await self._quiet.wait()
-        return await asyncio.to_thread(audio_duration_s, audio)
+        return await asyncio.to_thread(_read_duration_s, audio)
 
     async def _fetch(self, transcript_id: str) -> dict[str, Any]:
         try:
@@ -309,3 +320,20 @@ class AssemblyAIBackend:
                 status=exc.status,
                 transcript_id=transcript_id,
             ) from exc
+
+
+def _opener(job: Job) -> Path | Callable[[], BinaryIO]:
+    """How to read the job's source: by handle when the pool took it so, else by path."""
+    return job.source.open if job.source is not None else job.path
+
+
+def _read_duration_s(audio: Path | Callable[[], BinaryIO]) -> float | None:
+    """The audio's duration from its header (blocking), None if it cannot be read: a source
+    that changed or left meanwhile is the job's business, not the status plan's."""
+    if isinstance(audio, Path):
+        return audio_duration_s(audio)
+    try:
+        with audio() as handle:
+            return audio_duration_s(handle)
+    except (OSError, SourceChangedError):
+        return None

@@ -9,6 +9,8 @@ failures are retried with jittered exponential backoff that honours ``Retry-Afte
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import os
 import random
@@ -16,19 +18,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from transcribed.config import AssemblyAISettings
-from transcribed.errors import AuthError, PermanentError, TransientError, UploadExpiredError
+from transcribed.errors import (
+    AuthError,
+    LocalIOError,
+    PermanentError,
+    SourceChangedError,
+    TransientError,
+    UploadExpiredError,
+)
 from transcribed.logs import get_logger
 from transcribed.metrics import Metrics
-
-if TYPE_CHECKING:
-    from aiofiles.threadpool.binary import AsyncBufferedReader
 
 log = get_logger("transcribed.api")
 T = TypeVar("T")
@@ -237,14 +243,23 @@ class AssemblyAIClient:
 
     async def upload(
         self,
-        path: Path,
+        source: Path | Callable[[], BinaryIO],
         size: int,
         on_bytes: Callable[[int], None],
         content: bytes | None = None,
+        *,
+        sha256: str | None = None,
     ) -> str:
-        """Stream a file to ``/v2/upload`` in 1 MiB chunks (a smaller one in one piece);
-        returns the ``upload_url``. ``content``: a one-chunk file's bytes, if the caller has
-        them."""
+        """Send a file to ``/v2/upload`` in 1 MiB chunks (a smaller one in one piece);
+        returns the ``upload_url``.
+
+        ``source`` opens the file (each attempt reads it from the start), or is its path.
+        ``content``: a one-chunk file's bytes, if the caller has them. Exactly ``size`` bytes
+        go out, and with ``sha256`` only the bytes that have it: a file that shrank, grew or
+        changed since it was hashed raises :class:`SourceChangedError` before its last byte
+        is sent, so the service never holds a whole upload of it.
+        """
+        opener = source if callable(source) else functools.partial(_open_nofollow, source)
 
         async def send() -> Any:
             timeout = aiohttp.ClientTimeout(
@@ -258,25 +273,31 @@ class AssemblyAIClient:
                 # One chunk: the caller's bytes, or one trip to a thread to read them.
                 body = content
                 if body is None or len(body) != size:
-                    body = await asyncio.to_thread(_read_small, path, size)
+                    body = await _reading_source(_read_small, opener, size, sha256)
                 on_bytes(len(body))
                 return await self._once(
                     "POST", "/v2/upload", "upload", data=body, headers=headers, timeout=timeout
                 )
             # The file belongs to this task, not to the body generator that aiohttp drives
             # from its own writer task, so it is closed however the request ends.
-            # O_NOFOLLOW: a file swapped for a symlink after it was checked is refused.
-            import aiofiles  # only files of more than one chunk stream from disk
-
-            async with aiofiles.open(path, "rb", opener=_open_nofollow) as handle:
+            handle = await _reading_source(opener)
+            reading = _Reading(handle, size, sha256, on_bytes)
+            try:
                 return await self._once(
                     "POST",
                     "/v2/upload",
                     "upload",
-                    data=_read_chunks(handle, size, on_bytes),
+                    data=reading.chunks(),
                     headers=headers,
                     timeout=timeout,
                 )
+            except TransientError:
+                # aiohttp reports an error raised by the body as a failed write.
+                if reading.stopped is not None:
+                    raise reading.stopped from None
+                raise
+            finally:
+                await asyncio.to_thread(handle.close)
 
         async def attempt() -> str:
             answer = await send()
@@ -348,30 +369,76 @@ class AssemblyAIClient:
         return None
 
 
-async def _read_chunks(
-    handle: AsyncBufferedReader, size: int, on_bytes: Callable[[int], None]
-) -> AsyncIterator[bytes]:
-    """The first ``size`` bytes of an open file, in chunks (the length the request announced)."""
-    left = size
-    while left > 0 and (chunk := await handle.read(min(CHUNK_BYTES, left))):
-        left -= len(chunk)
-        on_bytes(len(chunk))
-        yield chunk
-    if left:
-        raise TransientError("the file shrank while it was being uploaded")
+async def _reading_source(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a thread; the source's own errors (out of descriptors, no longer
+    readable) as :class:`LocalIOError`: our side, not the service's."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except OSError as exc:
+        raise LocalIOError(f"cannot read the source: {exc.strerror or exc}") from exc
 
 
-def _read_small(path: Path, size: int) -> bytes:
-    """The first ``size`` bytes of a small file (the length the request announced)."""
-    with open(_open_nofollow(str(path), os.O_RDONLY), "rb") as handle:
-        body = handle.read(size)
-    if len(body) < size:
-        raise TransientError("the file shrank while it was being uploaded")
+class _Reading:
+    """The first ``size`` bytes of an open file, in chunks, checked against what was hashed:
+    the body of one upload attempt."""
+
+    def __init__(
+        self,
+        handle: BinaryIO,
+        size: int,
+        sha256: str | None,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._handle = handle
+        self._size = size
+        self._sha256 = sha256
+        self._on_bytes = on_bytes
+        self._digest = hashlib.sha256()
+        #: Why the body stopped early: the file is no longer what was hashed, or cannot be read.
+        self.stopped: SourceChangedError | LocalIOError | None = None
+
+    def _next(self, left: int) -> bytes:
+        """The next chunk, hashed; at the end, the checks (in the reading thread)."""
+        chunk = self._handle.read(min(CHUNK_BYTES, left))
+        self._digest.update(chunk)
+        if not chunk:
+            raise SourceChangedError("the file shrank after it was hashed")
+        if len(chunk) == left:
+            if self._handle.read(1):
+                raise SourceChangedError("the file grew after it was hashed")
+            if self._sha256 is not None and self._digest.hexdigest() != self._sha256:
+                raise SourceChangedError("the file's bytes changed after it was hashed")
+        return chunk
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        left = self._size
+        while left > 0:
+            try:
+                chunk = await asyncio.to_thread(self._next, left)
+            except SourceChangedError as exc:
+                self.stopped = exc
+                raise
+            except OSError as exc:
+                self.stopped = LocalIOError(f"cannot read the source: {exc.strerror or exc}")
+                raise self.stopped from exc
+            left -= len(chunk)
+            self._on_bytes(len(chunk))
+            yield chunk
+
+
+def _read_small(opener: Callable[[], BinaryIO], size: int, sha256: str | None) -> bytes:
+    """A small file's ``size`` bytes, checked against what was hashed."""
+    with opener() as handle:
+        body = handle.read(size + 1)
+    if len(body) != size:
+        raise SourceChangedError(f"the file {'grew' if len(body) > size else 'shrank'}")
+    if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+        raise SourceChangedError("the file's bytes changed after it was hashed")
     return body
 
 
-def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+def _open_nofollow(path: Path) -> BinaryIO:
+    return open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
 
 
 def _error_message(body: bytes) -> str:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from transcribed.backends.assemblyai_api import AssemblyAIClient, created_epoch
 from transcribed.config import AssemblyAISettings
@@ -59,8 +59,9 @@ OUTLIER_MADS = 3.0
 FINISHED = frozenset({"completed", "error"})
 
 
-def audio_duration_s(path: Path) -> float | None:
-    """The audio's length from its header (blocking; run it in a thread). None if unknown."""
+def audio_duration_s(path: Path | BinaryIO) -> float | None:
+    """The audio's length from its header (blocking; run it in a thread). None if unknown.
+    ``path`` may be an open file (read from where it stands)."""
     try:
         import mutagen
 

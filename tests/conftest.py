@@ -28,6 +28,7 @@ import pytest
 from fakeapi import FakeAssemblyAI, FakeConfig, fake_text_for
 from fakeapi.config_file import write_toml
 from transcribed.config import Settings, load_settings
+from transcribed.journal import Journal
 from transcribed.service import Service
 
 API_KEY = "test-key-0123456789"
@@ -119,6 +120,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSCRIBED_", "ASSEMBLYAI"))}
     env.update(extra)
     return env
+
+
+def discover(journal: Journal, path: str, size: int, mtime_ns: int) -> int | None:
+    """One file through ``discover_many``: its new job id, or None when it is known."""
+    return journal.discover_many([(path, size, mtime_ns)]).get(path)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import discover
 from transcribed.journal import (
     STATES,
     TRANSITIONS,
@@ -28,7 +29,7 @@ ROUTE_TO: dict[State, tuple[State, ...]] = {
 
 
 def _job_in(journal: Journal, state: State, name: str) -> int:
-    job = journal.discover(name, 10, 1)
+    job = discover(journal, name, 10, 1)
     assert job is not None
     for step in ROUTE_TO[state]:
         journal.set_state(job, step)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from conftest import API_KEY, Folders, Services, make_audio, settings_for
+from conftest import API_KEY, Folders, Services, discover, make_audio, settings_for
 from fakeapi import FakeAssemblyAI, FakeConfig
 from transcribed import service as service_module
 from transcribed.errors import LocalIOError
@@ -23,13 +23,13 @@ from transcribed.journal import Journal, JournalError
 
 def test_discover_is_idempotent_per_live_path(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
-        first = journal.discover("a.mp3", 10, 1)
+        first = discover(journal, "a.mp3", 10, 1)
         assert first is not None
-        assert journal.discover("a.mp3", 10, 1) is None
+        assert discover(journal, "a.mp3", 10, 1) is None
         for state in ("uploading", "completed"):
             journal.set_state(first, state)
         journal.set_state(first, "archived", source_moved=1)
-        again = journal.discover("a.mp3", 12, 2)
+        again = discover(journal, "a.mp3", 12, 2)
         assert again is not None and again != first
         assert journal.counts()["archived"] == 1
         assert journal.counts()["discovered"] == 1
@@ -39,7 +39,7 @@ def test_claimable_skips_running_and_deferred_jobs_and_next_wakeup_sees_only_def
     tmp_path: Path,
 ) -> None:
     with Journal(tmp_path) as journal:
-        ids = [journal.discover(f"{n}.mp3", 10, 1) for n in range(5)]
+        ids = [discover(journal, f"{n}.mp3", 10, 1) for n in range(5)]
         assert None not in ids
         a, b, c, d, e = (int(job_id) for job_id in ids if job_id is not None)
         now = time.time()
@@ -60,7 +60,7 @@ def test_claimable_skips_running_and_deferred_jobs_and_next_wakeup_sees_only_def
 
 def test_state_survives_reopening(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
-        job = journal.discover("a.mp3", 10, 1)
+        job = discover(journal, "a.mp3", 10, 1)
         assert job is not None
         journal.set_state(job, "submitted", transcript_id="t-1", upload_url="u")
     with Journal(tmp_path) as journal:
@@ -75,7 +75,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
 
 def test_readonly_readers_do_not_need_the_lock(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
-        journal.discover("a.mp3", 1, 1)
+        discover(journal, "a.mp3", 1, 1)
         with Journal(tmp_path, readonly=True) as reader:
             assert reader.counts()["discovered"] == 1
 
@@ -106,8 +106,8 @@ def test_claimable_reads_a_large_backlog_in_order_with_whole_rows(tmp_path: Path
 
 def test_output_names_are_reserved_once(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
-        a = journal.discover("x/a.mp3", 1, 1)
-        b = journal.discover("x/a.wav", 1, 1)
+        a = discover(journal, "x/a.mp3", 1, 1)
+        b = discover(journal, "x/a.wav", 1, 1)
         assert a is not None and b is not None
         candidates = ["x/a", "x/a.ext", "x/a (2)"]
         assert journal.reserve_output_base(a, candidates, lambda _b: False) == "x/a"
@@ -115,7 +115,7 @@ def test_output_names_are_reserved_once(tmp_path: Path) -> None:
         assert journal.reserve_output_base(b, candidates, lambda _b: False) == "x/a.ext"
         # A name free on disk but recorded for another job (compared case-folded) is skipped;
         # one taken on disk is skipped too. Looking does not reserve anything.
-        c = journal.discover("x/A.ogg", 1, 1)
+        c = discover(journal, "x/A.ogg", 1, 1)
         assert c is not None
         assert (
             journal.free_output_base(
@@ -128,7 +128,7 @@ def test_output_names_are_reserved_once(tmp_path: Path) -> None:
 
 def test_a_transaction_commits_everything_inside_once_or_nothing(tmp_path: Path) -> None:
     with Journal(tmp_path) as journal:
-        job = journal.discover("a.mp3", 10, 1)
+        job = discover(journal, "a.mp3", 10, 1)
         assert job is not None
         with pytest.raises(RuntimeError), journal.transaction():
             journal.set_state(job, "uploading")
@@ -167,7 +167,7 @@ class _HeldSync(Journal):
 
 async def test_callers_of_durable_share_the_next_fsync(tmp_path: Path) -> None:
     with _HeldSync(tmp_path) as journal:
-        job = journal.discover("a.mp3", 10, 1)
+        job = discover(journal, "a.mp3", 10, 1)
         assert job is not None
         first = asyncio.create_task(journal.durable())
         await asyncio.to_thread(journal.running.wait, 10)
@@ -188,7 +188,7 @@ async def test_durable_does_not_wait_behind_the_shared_thread_pool(tmp_path: Pat
     busy = asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
     try:
         with Journal(tmp_path) as journal:
-            job = journal.discover("a.mp3", 10, 1)
+            job = discover(journal, "a.mp3", 10, 1)
             assert job is not None
             journal.update(job, submit_started_at=1.0)
             await asyncio.wait_for(journal.durable(), 10)  # a submit must not wait for it

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import discover
 from transcribed.journal import Journal
 from transcribed.paths import NAME_MAX, numbered, output_base_candidates, report_path
 
@@ -75,7 +76,7 @@ def test_reserved_output_names_never_collide_even_ignoring_case(rels: list[str])
         outbox = Path(tmp) / "outbox"
         bases = []
         for rel in sources:
-            job = journal.discover(rel, 1, 1)
+            job = discover(journal, rel, 1, 1)
             assert job is not None
             base = journal.reserve_output_base(job, output_base_candidates(rel), lambda _b: False)
             bases.append(base)

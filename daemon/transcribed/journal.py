@@ -574,16 +574,6 @@ class Journal:
             return value
 
     # -- writes ----------------------------------------------------------------------------
-    def discover(self, path: str, size: int, mtime_ns: int) -> int | None:
-        """Record a settled inbox file. Returns the new job id, or None if it is known."""
-        now = time.time()
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO jobs(path, size, mtime_ns, state, discovered_at, updated_at) "
-            "VALUES (?, ?, ?, 'discovered', ?, ?)",
-            (_name(path), size, mtime_ns, now, now),
-        )
-        return cur.lastrowid if cur.rowcount == 1 else None
-
     def discover_many(self, files: list[tuple[str, int, int]]) -> dict[str, int]:
         """``discover`` for many ``(path, size, mtime_ns)`` at once, in one transaction.
 

@@ -2,7 +2,7 @@
 opened.
 
 The mapping is pure functions over paths and names, so it can be property-tested; the I/O is
-:func:`safe_lstat`, :func:`is_inside` and the open-by-handle helpers at the end
+:func:`safe_lstat` and the open-by-handle helpers at the end
 (:func:`open_beneath`, :class:`SourceFile`). Names are bytes: one that is not UTF-8 is held as a
 ``str`` with surrogates (``os.fsdecode``), which every ``os`` call turns back into the same
 bytes, and :func:`printable` shows it in messages.
@@ -80,23 +80,6 @@ def safe_lstat(path: Path) -> os.stat_result | None:
     except OSError:
         return None
     return info if stat.S_ISREG(info.st_mode) else None
-
-
-def is_inside(path: Path, root: Path, *, root_real: str | None = None) -> bool:
-    """True when ``path``'s real location is inside ``root``'s real location.
-
-    ``root_real`` is ``os.path.realpath(root)`` when the caller already knows it (a check per
-    job need not resolve the same root every time)."""
-    try:
-        real = os.path.realpath(path)
-        base = root_real if root_real is not None else os.path.realpath(root)
-    except OSError:
-        return False
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def relative_posix(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
 
 
 def output_base_candidates(rel_path: str) -> Iterator[str]:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from transcribed.backends import Backend
+from transcribed.backends.choice import make_backend
 from transcribed.config import Settings
 from transcribed.errors import (
     AuthError,
@@ -44,39 +45,6 @@ from transcribed.systemd import Notifier
 from transcribed.watcher import Watcher
 
 log = get_logger("transcribed.service")
-
-
-def make_backend(
-    settings: Settings, metrics: Metrics, webhook_secret: str | None = None
-) -> Backend:
-    choice = settings.resolved_backend()
-    reason = (
-        "configured"
-        if settings.backend != "auto"
-        else ("an API key is configured" if choice == "assemblyai" else "no API key is configured")
-    )
-    log.info("backend_selected", backend=choice, reason=reason)
-    if choice == "assemblyai":
-        from transcribed.backends.assemblyai import AssemblyAIBackend
-
-        if settings.assemblyai.api_key is None:
-            raise ConfigError(
-                "backend is assemblyai but no API key is set "
-                "(ASSEMBLYAI_API_KEY, or [assemblyai] api_key / api_key_file)"
-            )
-        return AssemblyAIBackend(
-            settings.assemblyai,
-            settings.transcription,
-            settings.output.formats,
-            metrics,
-            webhook_secret=webhook_secret,
-        )
-    from transcribed.backends.local import LocalBackend
-    from transcribed.models import cache_dir
-
-    return LocalBackend(
-        settings.local, settings.output.formats, models_dir=cache_dir(settings), metrics=metrics
-    )
 
 
 @contextlib.contextmanager

@@ -171,23 +171,27 @@ def _link_to_free_name(fd: int, tmp: str, name: str) -> str:
     raise LocalIOError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
 
 
-def _write_into(fd: int, name: str, data: bytes) -> str:
-    """Write ``data`` to ``name`` in folder ``fd`` by temp file, fsync and rename; returns the
-    name written. A folder or other thing that cannot be replaced by a file at ``name`` (one
-    made after the name was reserved) gets the file a numbered name beside it, instead of a
-    failure on every attempt."""
+def _open_temp_at(fd: int) -> tuple[str, int]:
+    """A new temp file in folder ``fd``: its name there, and a descriptor open for writing."""
     while True:
         tmp = _temp_name()
         try:
-            out = os.open(
+            return tmp, os.open(
                 tmp,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o666,
                 dir_fd=fd,
             )
-            break
         except FileExistsError:
             continue  # left behind by an earlier process with the same pid
+
+
+def _write_into(fd: int, name: str, data: bytes) -> str:
+    """Write ``data`` to ``name`` in folder ``fd`` by temp file, fsync and rename; returns the
+    name written. A folder or other thing that cannot be replaced by a file at ``name`` (one
+    made after the name was reserved) gets the file a numbered name beside it, instead of a
+    failure on every attempt."""
+    tmp, out = _open_temp_at(fd)
     try:
         try:
             view = memoryview(data)
@@ -276,18 +280,7 @@ def _move_into(source: Path, fd: int, name: str) -> None:
     try:
         if not stat.S_ISREG(os.fstat(src).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(source))
-        while True:
-            tmp = _temp_name()
-            try:
-                out = os.open(
-                    tmp,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o666,
-                    dir_fd=fd,
-                )
-                break
-            except FileExistsError:
-                continue
+        tmp, out = _open_temp_at(fd)
         try:
             with open(out, "wb") as dst_file, open(src, "rb", closefd=False) as src_file:
                 while chunk := src_file.read(1 << 20):

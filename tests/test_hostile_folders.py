@@ -324,9 +324,8 @@ async def test_a_damaged_journal_is_refused_with_the_way_out(
     assert _submits(fake) == 1
 
 
-async def test_a_wal_lost_after_an_unclean_stop_is_refused(
-    folders: Folders, fake: FakeAssemblyAI
-) -> None:
+async def _killed_after_one_file(folders: Folders, fake: FakeAssemblyAI) -> Path:
+    """A daemon that transcribed one file, then got SIGKILL; returns its config."""
     make_audio(folders.inbox / "a.mp3", seed="wal")
     config = write_config(folders, fake)
     daemon = Daemon(config, folders.root / "daemon.log")
@@ -335,7 +334,14 @@ async def test_a_wal_lost_after_an_unclean_stop_is_refused(
         await daemon.wait_for_event("file_transcribed")
     finally:
         if daemon.proc.returncode is None:
-            await daemon.kill()  # SIGKILL: the commits stay in the WAL
+            await daemon.kill()
+    return config
+
+
+async def test_a_wal_lost_after_an_unclean_stop_is_refused(
+    folders: Folders, fake: FakeAssemblyAI
+) -> None:
+    config = await _killed_after_one_file(folders, fake)  # the commits stay in the WAL
     wal = folders.state / "journal.sqlite3-wal"
     assert wal.exists()
     wal.unlink()  # "rm journal.sqlite3-*", to clear what looks like a stale lock
@@ -353,15 +359,7 @@ async def test_a_wal_lost_after_an_unclean_stop_is_refused(
 async def test_a_wal_checkpointed_by_another_program_after_a_crash_is_not_a_loss(
     folders: Folders, fake: FakeAssemblyAI
 ) -> None:
-    make_audio(folders.inbox / "a.mp3", seed="wal")
-    config = write_config(folders, fake)
-    daemon = Daemon(config, folders.root / "daemon.log")
-    await daemon.start()
-    try:
-        await daemon.wait_for_event("file_transcribed")
-    finally:
-        if daemon.proc.returncode is None:
-            await daemon.kill()
+    config = await _killed_after_one_file(folders, fake)
     # An operator looks at the journal: sqlite3's clean close checkpoints and removes the WAL.
     db = sqlite3.connect(folders.state / "journal.sqlite3")
     assert db.execute("SELECT state FROM jobs").fetchall() == [("archived",)]

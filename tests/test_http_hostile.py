@@ -35,6 +35,7 @@ from conftest import (
     write_config,
 )
 from fakeapi import FakeAssemblyAI
+from test_http import sample
 from transcribed import webhooks
 from transcribed.backends.assemblyai import WEBHOOK_HEADER
 from transcribed.connections import GuardLimits
@@ -121,14 +122,6 @@ def closed(metrics: Metrics, reason: str) -> float:
     )
     assert value is not None
     return value
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    raise AssertionError(f"no sample {name} {labels}")
 
 
 def buckets(text: str, name: str) -> dict[float, float]:

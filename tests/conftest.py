@@ -276,7 +276,7 @@ class Services:
         runs, self._runs = self._runs, []
         for service, task in reversed(runs):
             if not task.done():
-                if not service.stop.is_set():  # a second request would exit the process
+                if not service.stop.is_set():  # a second request would cut the drain short
                     service.request_stop()
                 await asyncio.wait({task}, timeout=service.settings.daemon.grace_s + 10)
                 task.cancel()
